@@ -1,0 +1,3 @@
+from storebot.cli import main
+
+raise SystemExit(main())

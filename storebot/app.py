@@ -1,0 +1,28 @@
+"""Composition root: the only place that builds the real adapters.
+
+settings -> database -> Docker / Telegram / HTTP clients -> Hosting. Tests build the
+same `Hosting` with settings that point at fakes and test services.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from storebot.db import make_engine
+from storebot.docker_engine import DockerEngine
+from storebot.hosting import Hosting
+from storebot.settings import Settings
+from storebot.telegram_api import BotApi
+from storebot.tokens import TokenBox
+
+
+def build_hosting(settings: Settings) -> Hosting:
+    http = httpx.AsyncClient(headers={"User-Agent": "storebot"})
+    return Hosting(
+        settings=settings,
+        db=make_engine(settings.DATABASE_URL),
+        docker=DockerEngine(settings.DOCKER_HOST),
+        telegram=BotApi(settings.TELEGRAM_API_BASE, http),
+        http=http,
+        tokens=TokenBox(settings.STOREBOT_SECRET_KEY.get_secret_value()),
+    )

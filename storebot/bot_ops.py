@@ -1,0 +1,175 @@
+"""Lifecycle of a deployed bot: suspend, resume, restart, destroy, show, list, logs.
+
+Each action is idempotent: run twice, or re-run after a crash halfway, and it
+converges (Docker first, then the database, so the database never claims more than
+Docker has done).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from storebot import bot_files
+from storebot.errors import BotNotFound, StorebotError
+from storebot.hosting import Hosting
+from storebot.lifecycle import plan_action
+from storebot.models import Bot, BotStatus, Customer, utcnow
+from storebot.tokens import redact
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id: str
+    status: str
+    changed: bool
+    message: str
+
+
+async def suspend(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Outcome:
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+        target = plan_action("suspend", bot.status)
+        await h.docker.stop(h.container_name(bot.id), timeout=2)  # stopped = route gone
+        if target is None:
+            return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already suspended")
+        h.transition(s, bot, BotStatus.suspended, actor=actor, reason=reason or "suspended")
+        return Outcome(bot.id, bot.status, True, f"bot {bot.id} suspended")
+
+
+async def resume(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Outcome:
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+        target = plan_action("resume", bot.status)
+        _require_data(h, bot)
+        await h.start_and_wait(s, bot, actor=actor, why=reason or "resumed")
+        if target is None:
+            return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already running")
+        return Outcome(bot.id, bot.status, True, f"bot {bot.id} resumed")
+
+
+async def restart(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Outcome:
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+        plan_action("restart", bot.status)
+        _require_data(h, bot)
+        # a missing container is re-created by start_and_wait
+        await h.docker.restart(h.container_name(bot.id), timeout=2)
+        h.record(s, bot, actor=actor, reason=reason or "restarted")
+        await h.start_and_wait(s, bot, actor=actor, why=reason or "restarted")
+        return Outcome(bot.id, bot.status, True, f"bot {bot.id} restarted")
+
+
+async def destroy(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Outcome:
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+        target = plan_action("destroy", bot.status)
+        await h.docker.remove(h.container_name(bot.id))
+        keep = h.settings.DATA_RETENTION_DAYS
+        if target is None:
+            _purge_if_due(h, bot)
+            return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already destroyed")
+        if keep:
+            bot.data_purge_after = utcnow() + timedelta(days=keep)
+        else:
+            bot_files.remove_bot_files(h.settings.DATA_ROOT, bot.id)
+        bot.destroyed_at = utcnow()
+        bot.token_claim = None  # the Telegram token may be hosted again
+        bot.token_encrypted = None
+        h.transition(s, bot, BotStatus.destroyed, actor=actor, reason=reason or "destroyed")
+        kept = f"; data kept until {bot.data_purge_after:%Y-%m-%d}" if keep else ""
+        return Outcome(bot.id, bot.status, True, f"bot {bot.id} destroyed{kept}")
+
+
+def purge_expired_data(h: Hosting) -> list[str]:
+    """Remove the data of destroyed bots whose retention period has passed."""
+    with h.session() as s:
+        due = s.exec(
+            select(Bot).where(
+                Bot.status == BotStatus.destroyed,
+                col(Bot.data_purge_after).is_not(None),
+                col(Bot.data_purge_after) <= utcnow(),
+            )
+        )
+        return [b.id for b in due if _purge_if_due(h, b)]
+
+
+def _purge_if_due(h: Hosting, bot: Bot) -> bool:
+    if bot.data_purge_after is None or bot.data_purge_after <= utcnow():
+        return bot_files.remove_bot_files(h.settings.DATA_ROOT, bot.id)
+    return False
+
+
+def _require_data(h: Hosting, bot: Bot) -> None:
+    cfg = bot_files.data_dir(h.settings.DATA_ROOT, bot.id) / ".nullclaw" / "config.json"
+    if not cfg.exists():
+        raise StorebotError(
+            f"bot {bot.id} has no config at {cfg}; deploy its token again to rebuild it"
+        )
+
+
+async def show(h: Hosting, bot_id: str) -> dict[str, Any]:
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+        owner = s.get(Customer, bot.customer_id)
+        info = describe(h, bot)
+        state = await h.docker.state(h.container_name(bot.id), h.settings.BOT_NETWORK)
+        info |= {
+            "owner_telegram_id": owner.telegram_id if owner else None,
+            "plan": bot.plan,
+            "limits": {"cpus": bot.cpu_limit, "memory": bot.mem_limit, "pids": bot.pids_limit},
+            "status_reason": bot.status_reason,
+            "created_at": bot.created_at.isoformat(timespec="seconds"),
+            "container_state": None
+            if state is None
+            else {
+                "status": state.status,
+                "exit_code": state.exit_code,
+                "oom_killed": state.oom_killed,
+                "started_at": state.started_at,
+                "ip": state.ip,
+            },
+            "events": [
+                {
+                    "at": e.at.isoformat(timespec="seconds"),
+                    "from": e.from_status,
+                    "to": e.to_status,
+                    "actor": e.actor,
+                    "reason": e.reason,
+                }
+                for e in h.events(s, bot.id)
+            ],
+        }
+        return info
+
+
+def list_bots(h: Hosting, *, include_destroyed: bool = False) -> list[dict[str, Any]]:
+    with h.session() as s:
+        stmt = select(Bot).order_by(col(Bot.created_at))
+        if not include_destroyed:
+            stmt = stmt.where(Bot.status != BotStatus.destroyed)
+        return [describe(h, b) for b in s.exec(stmt)]
+
+
+def describe(h: Hosting, bot: Bot) -> dict[str, Any]:
+    return {
+        "id": bot.id,
+        "status": str(bot.status),
+        "url": h.settings.bot_url(bot.id),
+        "container": h.container_name(bot.id),
+        "telegram_username": bot.telegram_username,
+    }
+
+
+async def logs(h: Hosting, bot_id: str, *, tail: int = 100) -> str:
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+    text = await h.docker.logs(h.container_name(bot.id), tail=tail)
+    if text is None:
+        if bot.last_log:
+            return "(no container; last lines kept when it failed)\n" + bot.last_log
+        raise BotNotFound(f"bot {bot.id} has no container ({bot.status}) and no kept log")
+    return redact(text)

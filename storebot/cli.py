@@ -1,0 +1,239 @@
+"""`storebot` command line: `migrate` and the `admin` commands.
+
+Every admin command takes `--json` for scripts. Errors meant for people
+(`StorebotError`) print one clear message on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from storebot.errors import StorebotError
+
+EXAMPLES = """\
+examples:
+  storebot migrate
+  storebot admin deploy --token 123456:AA... --owner 5550001
+  echo "$TOKEN" | storebot admin deploy --token - --owner 5550001 --json
+  storebot admin list
+  storebot admin suspend b3k9x2qa --reason "spam reports"
+  storebot admin destroy b3k9x2qa --yes
+
+settings come from the environment and ./.env (see .env.example).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="storebot",
+        description="Sell and run managed NullClaw assistants.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    admin = sub.add_parser("admin", help="operate hosted bots (deploy, list, suspend, ...)")
+    cmds = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def cmd(name: str, help_: str, *, bot_id: bool = True) -> argparse.ArgumentParser:
+        c = cmds.add_parser(name, help=help_, description=help_)
+        if bot_id:
+            c.add_argument("bot_id", metavar="ID", help="the bot's id (see `storebot admin list`)")
+        c.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return c
+
+    d = cmd("deploy", "deploy a customer's Telegram bot as a hosted assistant", bot_id=False)
+    d.add_argument(
+        "--token", required=True, help="the bot token from @BotFather, or - to read it from stdin"
+    )
+    d.add_argument(
+        "--owner",
+        required=True,
+        type=int,
+        metavar="TELEGRAM_ID",
+        help="the owner's numeric Telegram user id (only they can talk to the bot)",
+    )
+    d.add_argument("--plan", default="standard", help="hosting plan (default: standard)")
+    lst = cmd("list", "list hosted bots", bot_id=False)
+    lst.add_argument("--all", action="store_true", help="include destroyed bots")
+    cmd("show", "show one bot: status, limits, container, recent events")
+    s = cmd("suspend", "stop a bot now and take its route down (kill switch)")
+    s.add_argument("--reason", default="", help="why (recorded with your name)")
+    cmd("resume", "start a suspended or failed bot again")
+    cmd("restart", "restart a bot's container")
+    x = cmd("destroy", "remove a bot's container and data (asks first)")
+    x.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    lg = cmd("logs", "show a bot's recent log lines, tokens redacted")
+    lg.add_argument("--tail", type=int, default=100, help="how many lines (default 100)")
+    cmd("purge-data", "remove data of destroyed bots past DATA_RETENTION_DAYS", bot_id=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "migrate":
+            return _migrate()
+        return asyncio.run(_admin(args))
+    except StorebotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _migrate() -> int:
+    from storebot.db import migrate
+    from storebot.settings import load_settings
+
+    settings = load_settings()
+    migrate(settings.DATABASE_URL)
+    print("database is up to date")
+    return 0
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from storebot.app import build_hosting
+    from storebot.settings import load_settings
+
+    hosting = build_hosting(load_settings())
+    try:
+        return await ACTIONS[args.action](hosting, args)
+    except (OperationalError, ProgrammingError) as exc:
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            raise StorebotError(
+                "the database is not set up: run `storebot migrate` first"
+            ) from None
+        raise
+    finally:
+        await hosting.aclose()
+
+
+def _actor() -> str:
+    return f"admin-cli:{getpass.getuser()}"
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+async def _deploy(h: Any, args: argparse.Namespace) -> int:
+    from storebot.deploy import deploy
+
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token  # noqa: S105
+
+    async def progress(step: str) -> None:
+        if not args.json:
+            print(f"... {step}", file=sys.stderr)
+
+    result = await deploy(
+        h,
+        token=token,
+        owner_telegram_id=args.owner,
+        plan=args.plan,
+        actor=_actor(),
+        progress=progress,
+    )
+    _emit(
+        args,
+        asdict(result),
+        (
+            f"bot {result.id} is {result.status}: t.me/{result.telegram_username}\n"
+            f"  gateway URL:   {result.url}\n"
+            f"  gateway token: {result.gateway_token}\n"
+            f"  container:     {result.container}\n"
+            "The gateway token is shown only this once: hand it to the owner now."
+        ),
+    )
+    return 0
+
+
+async def _list(h: Any, args: argparse.Namespace) -> int:
+    from storebot.bot_ops import list_bots
+
+    bots = list_bots(h, include_destroyed=args.all)
+    rows = [f"{b['id']:<10} {b['status']:<17} {b['url']}" for b in bots]
+    _emit(args, bots, "\n".join(rows) if rows else "no bots yet")
+    return 0
+
+
+async def _show(h: Any, args: argparse.Namespace) -> int:
+    from storebot.bot_ops import show
+
+    info = await show(h, args.bot_id)
+    lines = [f"{k}: {v}" for k, v in info.items() if k != "events"]
+    lines += ["events (newest first):"] + [
+        f"  {e['at']} {e['from'] or '-'} -> {e['to']} by {e['actor']}: {e['reason']}"
+        for e in info["events"]
+    ]
+    _emit(args, info, "\n".join(lines))
+    return 0
+
+
+def _outcome(fn_name: str) -> Callable[[Any, argparse.Namespace], Awaitable[int]]:
+    async def run(h: Any, args: argparse.Namespace) -> int:
+        from storebot import bot_ops
+
+        fn = getattr(bot_ops, fn_name)
+        out = await fn(h, args.bot_id, actor=_actor(), reason=getattr(args, "reason", ""))
+        _emit(args, asdict(out), out.message)
+        return 0
+
+    return run
+
+
+async def _destroy(h: Any, args: argparse.Namespace) -> int:
+    from storebot.bot_ops import destroy, show
+
+    if not args.yes:
+        info = await show(h, args.bot_id)
+        if not sys.stdin.isatty():
+            raise StorebotError("destroy deletes the bot and its data: add --yes to confirm")
+        answer = input(  # noqa: ASYNC250  (an operator at a terminal; nothing else runs)
+            f"Destroy bot {info['id']} (@{info['telegram_username']}, {info['status']})? "
+            "Its container and data are deleted. Type the id to confirm: "
+        )
+        if answer.strip() != info["id"]:
+            print("not destroyed", file=sys.stderr)
+            return 1
+    out = await destroy(h, args.bot_id, actor=_actor())
+    _emit(args, asdict(out), out.message)
+    return 0
+
+
+async def _logs(h: Any, args: argparse.Namespace) -> int:
+    from storebot.bot_ops import logs
+
+    text = await logs(h, args.bot_id, tail=args.tail)
+    _emit(args, {"id": args.bot_id, "logs": text}, text.rstrip("\n"))
+    return 0
+
+
+async def _purge(h: Any, args: argparse.Namespace) -> int:
+    from storebot.bot_ops import purge_expired_data
+
+    purged = purge_expired_data(h)
+    _emit(args, purged, f"purged data of {len(purged)} bot(s): {' '.join(purged)}".rstrip(": "))
+    return 0
+
+
+ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
+    "deploy": _deploy,
+    "list": _list,
+    "show": _show,
+    "suspend": _outcome("suspend"),
+    "resume": _outcome("resume"),
+    "restart": _outcome("restart"),
+    "destroy": _destroy,
+    "logs": _logs,
+    "purge-data": _purge,
+}

@@ -1,0 +1,226 @@
+"""Deploy: a customer's Telegram bot token becomes a running, routed, healthy nullclawd.
+
+Steps, each safe to re-run: check the token (format, then getMe) -> claim it in the
+database (one token, one live bot) -> fresh gateway and LLM tokens -> data dir and
+config.json -> container -> /health through Traefik -> running. A deploy that failed
+(Docker down, image missing, never healthy) leaves the bot `failed`; deploying the same
+token for the same owner again resumes that bot instead of refusing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from storebot import bot_files
+from storebot.errors import (
+    DeployInProgress,
+    EngineError,
+    ImageMissing,
+    StorebotError,
+    TokenAlreadyHosted,
+)
+from storebot.hosting import Hosting
+from storebot.models import Bot, BotEvent, BotStatus, Customer, utcnow
+from storebot.nullclaw_config import dump_config, render_config
+from storebot.plans import plan_limits
+from storebot.telegram_api import TelegramBot
+from storebot.tokens import (
+    check_token_format,
+    new_bot_id,
+    new_gateway_token,
+    new_llm_token,
+    sha256_hex,
+)
+
+RESUMABLE = (BotStatus.failed, BotStatus.awaiting_token, BotStatus.deploying)
+
+Progress = Callable[[str], Awaitable[None]]
+
+
+async def _quiet(_step: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    id: str
+    status: str
+    url: str
+    gateway_token: str
+    container: str
+    telegram_username: str
+
+
+async def deploy(
+    h: Hosting,
+    *,
+    token: str,
+    owner_telegram_id: int,
+    plan: str = "standard",
+    actor: str,
+    progress: Progress = _quiet,
+) -> DeployResult:
+    token = token.strip()
+    tg_bot_id = check_token_format(token)
+    limits = plan_limits(h.settings, plan)
+    await progress("checking the token with Telegram")
+    me = await h.telegram.get_me(token)
+    with h.session() as session:
+        bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, actor)
+        bot.cpu_limit, bot.mem_limit, bot.pids_limit = limits.cpus, limits.mem_bytes, limits.pids
+        await progress(f"preparing bot {bot.id} (@{me.username})")
+        gateway_token = _provision(h, session, bot, token, me, owner_telegram_id)
+        try:
+            await progress("starting its container and waiting for it to answer")
+            if not await h.docker.image_present(h.settings.NULLCLAW_IMAGE):
+                raise ImageMissing(
+                    f"image {h.settings.NULLCLAW_IMAGE} is not on this Docker host: run "
+                    f"`docker pull {h.settings.NULLCLAW_IMAGE}` (or set NULLCLAW_IMAGE), "
+                    "then deploy again"
+                )
+            await h.start_and_wait(session, bot, actor=actor, why="deployed")
+        except EngineError as exc:
+            session.refresh(bot)
+            if bot.status is BotStatus.deploying:
+                h.transition(session, bot, BotStatus.failed, actor=actor, reason=str(exc))
+            raise
+        return DeployResult(
+            id=bot.id,
+            status=bot.status,
+            url=h.settings.bot_url(bot.id),
+            gateway_token=gateway_token,
+            container=h.container_name(bot.id),
+            telegram_username=me.username,
+        )
+
+
+def _claim(h: Hosting, session: Session, tg_bot_id: int, owner: int, plan: str, actor: str) -> Bot:
+    """The bot row this deploy owns, status `deploying`; refuses a token in use."""
+    customer = _customer(session, owner)
+    existing = session.exec(select(Bot).where(Bot.token_claim == tg_bot_id)).first()
+    if existing is not None:
+        return _take_over(h, session, existing, customer, actor)
+    assert customer.id is not None
+    bot = Bot(
+        id=new_bot_id(),
+        customer_id=customer.id,
+        plan=plan,
+        status=BotStatus.deploying,
+        telegram_bot_id=tg_bot_id,
+        token_claim=tg_bot_id,
+        cpu_limit=0,
+        mem_limit=0,
+        pids_limit=0,
+    )
+    session.add(bot)
+    session.add(
+        BotEvent(
+            bot_id=bot.id,
+            from_status=None,
+            to_status=BotStatus.deploying,
+            actor=actor,
+            reason=f"deploy requested (plan {plan})",
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        # Lost a race for the same token (or, once in 36^8, for the same id).
+        session.rollback()
+        raise DeployInProgress(
+            "this token is being deployed right now by another request; "
+            "wait for it to finish (`storebot admin list`)"
+        ) from None
+    return bot
+
+
+def _take_over(h: Hosting, session: Session, bot: Bot, customer: Customer, actor: str) -> Bot:
+    if bot.customer_id != customer.id:
+        raise TokenAlreadyHosted(
+            "this Telegram bot is already hosted here for another customer; "
+            "create a new bot with @BotFather and use its token"
+        )
+    # a bot left `deploying` this long ago by a crashed process may be taken over
+    stale_after = timedelta(seconds=h.settings.DEPLOY_STALE_SECONDS)
+    stale = bot.status is BotStatus.deploying and bot.updated_at < utcnow() - stale_after
+    if bot.status not in RESUMABLE or (bot.status is BotStatus.deploying and not stale):
+        if bot.status is BotStatus.deploying:
+            raise DeployInProgress(f"bot {bot.id} with this token is being deployed right now")
+        raise TokenAlreadyHosted(
+            f"this token already runs as bot {bot.id} ({bot.status}); "
+            "use restart/resume, or destroy it first"
+        )
+    # Compare-and-set: of two racing retries only one moves the row.
+    moved = session.execute(
+        update(Bot)
+        .where(Bot.id == bot.id, Bot.status == bot.status, Bot.updated_at == bot.updated_at)  # type: ignore[arg-type]
+        .values(status=BotStatus.deploying, updated_at=utcnow())
+    ).rowcount  # type: ignore[attr-defined]
+    if moved != 1:
+        session.rollback()
+        raise DeployInProgress(f"bot {bot.id} with this token is being deployed right now")
+    session.add(
+        BotEvent(
+            bot_id=bot.id,
+            from_status=bot.status,
+            to_status=BotStatus.deploying,
+            actor=actor,
+            reason="deploy retried",
+        )
+    )
+    session.commit()
+    session.refresh(bot)
+    return bot
+
+
+def _customer(session: Session, telegram_id: int) -> Customer:
+    customer = session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).first()
+    if customer is not None:
+        return customer
+    customer = Customer(telegram_id=telegram_id)
+    session.add(customer)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).one()
+    return customer
+
+
+def _provision(
+    h: Hosting, session: Session, bot: Bot, token: str, me: TelegramBot, owner: int
+) -> str:
+    """Fresh secrets every (re)deploy: the raw ones exist only in config.json and here."""
+    gateway_token, llm_token = new_gateway_token(), new_llm_token()
+    bot.gateway_token_hash = sha256_hex(gateway_token)
+    bot.llm_token_hash = sha256_hex(llm_token)
+    bot.token_encrypted = h.tokens.seal(token)
+    bot.telegram_username = me.username
+    bot.last_log = None
+    config = render_config(
+        bot_token=token,
+        owner_telegram_id=owner,
+        llm_token=llm_token,
+        meter_url=h.settings.LLM_METER_URL,
+        model=h.settings.OPENROUTER_MODEL,
+        gateway_token_hash=bot.gateway_token_hash,
+    )
+    try:
+        bot_files.write_bot_files(h.settings.DATA_ROOT, bot.id, dump_config(config))
+    except OSError as exc:
+        h.transition(
+            session, bot, BotStatus.failed, actor="deploy", reason=f"cannot write data dir: {exc}"
+        )
+        raise StorebotError(
+            f"cannot write the bot's data under {h.settings.DATA_ROOT}: {exc.strerror}. "
+            "storebot must run as root (it hands the directory to uid 65534)."
+        ) from None
+    session.add(bot)
+    session.commit()
+    return gateway_token

@@ -1,0 +1,81 @@
+"""Database tables: customers, their bots, and each bot's state transitions.
+
+Times are aware UTC (`utcnow()`); SQLModel's datetime type stores them as UTC and
+gives them back aware on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Column, Enum, Float, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class BotStatus(StrEnum):
+    awaiting_payment = "awaiting_payment"
+    awaiting_token = "awaiting_token"  # noqa: S105
+    deploying = "deploying"
+    running = "running"
+    suspended = "suspended"
+    destroyed = "destroyed"
+    failed = "failed"
+
+
+class Customer(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    telegram_id: int = Field(sa_column=Column(BigInteger, unique=True, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Bot(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=16)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    plan: str = Field(default="standard", max_length=32)
+    # VARCHAR in the database (not a native enum: new states need no type migration),
+    # BotStatus members in Python.
+    status: BotStatus = Field(
+        default=BotStatus.awaiting_payment,
+        sa_column=Column(
+            Enum(BotStatus, native_enum=False, length=20, validate_strings=True),
+            nullable=False,
+            index=True,
+        ),
+    )
+    status_reason: str | None = Field(default=None, sa_column=Column(Text))
+    # The customer's bot: Telegram's numeric id is the part of the token before ':'.
+    telegram_bot_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # Equals telegram_bot_id while the bot is not destroyed; unique, so one token is
+    # hosted once across all customers (NULLs never collide, in SQLite or PostgreSQL).
+    token_claim: int | None = Field(default=None, sa_column=Column(BigInteger, unique=True))
+    telegram_username: str | None = Field(default=None, max_length=64)
+    token_encrypted: str | None = Field(default=None, sa_column=Column(Text))
+    gateway_token_hash: str | None = Field(default=None, max_length=64)
+    llm_token_hash: str | None = Field(default=None, max_length=64, unique=True)
+    cpu_limit: float = Field(sa_column=Column(Float, nullable=False))
+    mem_limit: int = Field(sa_column=Column(BigInteger, nullable=False))
+    pids_limit: int
+    last_log: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    destroyed_at: datetime | None = None
+    data_purge_after: datetime | None = None
+
+
+class BotEvent(SQLModel, table=True):
+    """Append-only: one row per state transition or operator action."""
+
+    __tablename__ = "bot_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    bot_id: str = Field(foreign_key="bot.id", index=True, max_length=16)
+    at: datetime = Field(default_factory=utcnow)
+    from_status: str | None = Field(default=None, max_length=20)
+    to_status: str = Field(max_length=20)
+    actor: str = Field(max_length=64)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))

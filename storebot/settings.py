@@ -1,0 +1,222 @@
+"""Server-wide settings, read once from the environment and `.env`.
+
+Every command builds one `Settings` with `load_settings()` and passes it down.
+A missing, malformed or placeholder value stops start-up with a message naming
+the variable and saying what is expected (`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storebot.errors import SettingsError
+
+# Values from .env.example and common "fill me in" markers; refused for secrets and
+# names because a server started with them would fail later, quietly.
+_PLACEHOLDER = re.compile(
+    r"^(|changeme|change-me|change_me|replace-me|todo|xxx+|your[-_ ].*|.*example\.(com|org)"
+    r"|<.*>|sk-or-\.\.\.|\.\.\.)$",
+    re.IGNORECASE,
+)
+_DNS_NAME = re.compile(
+    r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$|^localhost$"
+)
+_MEM = re.compile(r"^(\d+)([bkmg])?$", re.IGNORECASE)
+_MEM_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+Positive = Annotated[int, Field(gt=0)]
+
+
+def parse_memory(value: str) -> int:
+    """Docker-style size (`512m`, `1g`, `65536`) to bytes."""
+    match = _MEM.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a size like 512m or 1g")
+    return int(match.group(1)) * _MEM_UNITS[(match.group(2) or "b").lower()]
+
+
+def _refuse_placeholder(value: str) -> str:
+    if _PLACEHOLDER.match(value.strip()):
+        raise ValueError("is empty or still a placeholder; set a real value")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    # LLM (the meter holds the only key; bots never see it)
+    OPENROUTER_API_KEY: SecretStr
+    OPENROUTER_MODEL: str
+    OPENROUTER_BASE_URL: str = "https://openrouter.ai/api/v1"
+
+    # Public face
+    BASE_DOMAIN: str
+    PUBLIC_BASE_URL: str
+    SUPPORT_EMAIL: str
+
+    # Per-bot defaults (plans override CPU/memory/pids)
+    DEFAULT_RATE_LIMIT_RPS: Positive = 5
+    DEFAULT_RATE_LIMIT_BURST: Positive = 20
+    DEFAULT_CPU_LIMIT: float = Field(default=1.0, gt=0, le=64)
+    DEFAULT_MEM_LIMIT: str = "512m"
+    BOT_PIDS_LIMIT: Positive = 64
+    BOT_MAX_IN_FLIGHT: Positive = 4
+    BOT_LOG_MAX_SIZE: str = "1m"
+    BOT_LOG_MAX_FILES: Positive = 3
+    BOT_TMPFS_SIZE: str = "16m"
+
+    # Engine
+    DATABASE_URL: str = "sqlite:///storebot.db"
+    DATA_ROOT: Path = Path("/var/lib/clawdeploy/bots")
+    DATA_RETENTION_DAYS: int = Field(default=0, ge=0)
+    NULLCLAW_IMAGE: str = "ghcr.io/nullclaw/nullclaw:2026.2.26"
+    BOT_NETWORK: str = "storebot-bots"
+    BOT_NETWORK_SUBNET: str = "10.213.0.0/16"
+    BOT_FIREWALL: bool = True
+    LLM_METER_URL: str = "http://10.213.0.1:8089/v1"
+    TELEGRAM_API_BASE: str = "https://api.telegram.org"
+    STOREBOT_SECRET_KEY: SecretStr
+    STOREBOT_INSTANCE: str = "default"
+    DOCKER_HOST: str | None = None
+
+    # Traefik
+    TRAEFIK_ENTRYPOINTS: str = "websecure"
+    TRAEFIK_CERT_RESOLVER: str = "letsencrypt"
+    TRAEFIK_PROBE_ENTRYPOINT: str = "probe"
+    HEALTH_PROBE_URL: str = "http://127.0.0.1:8081"
+    HEALTH_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    DEPLOY_STALE_SECONDS: float = Field(default=300.0, gt=0)
+    BOT_URL_SCHEME: str = "https"
+
+    @field_validator("OPENROUTER_MODEL", "SUPPORT_EMAIL", "NULLCLAW_IMAGE", "BOT_NETWORK")
+    @classmethod
+    def _no_placeholder(cls, value: str) -> str:
+        return _refuse_placeholder(value)
+
+    @field_validator("OPENROUTER_API_KEY", "STOREBOT_SECRET_KEY")
+    @classmethod
+    def _secret_not_placeholder(cls, value: SecretStr) -> SecretStr:
+        _refuse_placeholder(value.get_secret_value())
+        return value
+
+    @field_validator("STOREBOT_SECRET_KEY")
+    @classmethod
+    def _fernet_key(cls, value: SecretStr) -> SecretStr:
+        try:
+            Fernet(value.get_secret_value().encode())
+        except ValueError:
+            raise ValueError(
+                "must be a Fernet key (32 url-safe base64 bytes); generate one with "
+                "`python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`"
+            ) from None
+        return value
+
+    @field_validator("BASE_DOMAIN")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = _refuse_placeholder(value).strip().lower().rstrip(".")
+        if not _DNS_NAME.match(value):
+            raise ValueError("must be a DNS name such as bots.mydomain.net (no scheme, no path)")
+        return value
+
+    @field_validator("SUPPORT_EMAIL")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
+            raise ValueError("must be an e-mail address such as support@mydomain.net")
+        return value
+
+    @field_validator(
+        "PUBLIC_BASE_URL",
+        "OPENROUTER_BASE_URL",
+        "LLM_METER_URL",
+        "TELEGRAM_API_BASE",
+        "HEALTH_PROBE_URL",
+    )
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(_refuse_placeholder(value))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://host:port/path")
+        return value.rstrip("/")
+
+    @field_validator("DEFAULT_MEM_LIMIT", "BOT_LOG_MAX_SIZE", "BOT_TMPFS_SIZE")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_memory(value)
+        return value
+
+    @field_validator("BOT_NETWORK_SUBNET")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        ipaddress.ip_network(value, strict=True)
+        return value
+
+    @field_validator("STOREBOT_INSTANCE")
+    @classmethod
+    def _instance(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9-]{0,30}$", value):
+            raise ValueError("must be 1-31 lowercase letters, digits or dashes")
+        return value
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError(
+                "must be sqlite:///path/to/file.db or postgresql+psycopg://user:pass@host/db"
+            )
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @model_validator(mode="after")
+    def _burst_covers_rate(self) -> Settings:
+        if self.DEFAULT_RATE_LIMIT_BURST < self.DEFAULT_RATE_LIMIT_RPS:
+            raise ValueError("DEFAULT_RATE_LIMIT_BURST must be >= DEFAULT_RATE_LIMIT_RPS")
+        return self
+
+    # Derived values
+    @property
+    def mem_limit_bytes(self) -> int:
+        return parse_memory(self.DEFAULT_MEM_LIMIT)
+
+    @property
+    def entrypoints(self) -> list[str]:
+        return [e.strip() for e in self.TRAEFIK_ENTRYPOINTS.split(",") if e.strip()]
+
+    def bot_url(self, bot_id: str) -> str:
+        return f"{self.BOT_URL_SCHEME}://{bot_id}.{self.BASE_DOMAIN}/"
+
+    def bot_host(self, bot_id: str) -> str:
+        return f"{bot_id}.{self.BASE_DOMAIN}"
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Build the settings or raise `SettingsError` naming every bad variable."""
+    try:
+        return Settings(_env_file=env_file)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["storebot cannot start: fix these settings (environment or .env):"]
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "is required and not set (see .env.example)"
+        lines.append(f"  {name}: {msg}")
+    return "\n".join(lines)
