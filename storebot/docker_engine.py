@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -106,11 +107,13 @@ class DockerEngine:
                         labels=labels,
                     )
                 except docker.errors.APIError as exc:
-                    if exc.status_code != 409:
+                    # A racing deploy may be creating it right now (Docker then says 409,
+                    # or that the address pool overlaps, before it lists the network).
+                    net = _await_network(d, name)
+                    if net is None:
                         raise EngineError(
                             f"cannot create network {name}: {exc.explanation}"
                         ) from None
-                    net = d.networks.get(name)
             net.reload()
             attrs = net.attrs
             net_id = str(net.id)
@@ -236,6 +239,15 @@ class DockerEngine:
             return [_state(c) for c in d.containers.list(all=True, filters=filters)]
 
         return await self._run(list_)
+
+
+def _await_network(d: docker.DockerClient, name: str) -> Any:
+    for _ in range(20):
+        net = next((n for n in d.networks.list(names=[name]) if n.name == name), None)
+        if net is not None:
+            return net
+        time.sleep(0.1)
+    return None
 
 
 def _get(d: docker.DockerClient, name: str) -> Any:

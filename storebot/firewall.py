@@ -11,8 +11,14 @@ forwarded, not input, and stays allowed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from storebot.errors import EngineError
 
@@ -51,8 +57,38 @@ async def _iptables(*args: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace")
 
 
+@contextlib.asynccontextmanager
+async def _host_lock(name: str) -> AsyncIterator[None]:
+    """Serialise storebot processes on this host (two deploys may start at once).
+
+    Without it their "add new rules, drop old ones" steps interleave and can leave a
+    DROP ahead of the rule that lets replies through.
+    """
+    fd = await asyncio.to_thread(_lock, name)
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock(name: str) -> int:
+    run = Path("/run/storebot")
+    try:
+        run.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        run = Path(tempfile.gettempdir())
+    fd = os.open(run / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 async def ensure(bridge: str, meter_ip: str | None, meter_port: int) -> None:
     """Install the chain and its jump (idempotent; rewritten only when it differs)."""
+    async with _host_lock(f"firewall-{bridge}"):
+        await _ensure(bridge, meter_ip, meter_port)
+
+
+async def _ensure(bridge: str, meter_ip: str | None, meter_port: int) -> None:
     if _binary() is None:
         raise EngineError(
             "iptables is not installed: bots would reach every port of this host. "
@@ -60,7 +96,10 @@ async def ensure(bridge: str, meter_ip: str | None, meter_port: int) -> None:
         )
     chain = chain_name(bridge)
     wanted = [" ".join(["-A", *r]) for r in rules(bridge, meter_ip, meter_port)]
-    code, current = await _iptables("-S", chain)
+    jump = ["INPUT", "-i", bridge, "-j", chain]
+    (code, current), (jumps, _) = await asyncio.gather(
+        _iptables("-S", chain), _iptables("-C", *jump)
+    )
     if code != 0:
         code, out = await _iptables("-N", chain)
         if code != 0 and "exists" not in out:
@@ -73,8 +112,7 @@ async def ensure(bridge: str, meter_ip: str | None, meter_port: int) -> None:
             await _check(await _iptables("-A", *r))
         for _ in have:
             await _check(await _iptables("-D", chain, "1"))
-    jump = ["INPUT", "-i", bridge, "-j", chain]
-    if (await _iptables("-C", *jump))[0] != 0:
+    if jumps != 0:
         await _check(await _iptables("-I", *jump))
         log.info("firewall: bots on %s may reach only %s:%s", bridge, meter_ip, meter_port)
 
