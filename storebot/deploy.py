@@ -9,6 +9,7 @@ token for the same owner again resumes that bot instead of refusing it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -70,7 +71,7 @@ async def deploy(
     tg_bot_id = check_token_format(token)
     limits = plan_limits(h.settings, plan)
     await progress("checking the token with Telegram")
-    me = await h.telegram.get_me(token)
+    me = await _precheck(h, token)
     with h.session() as session:
         bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, actor)
         bot.cpu_limit, bot.mem_limit, bot.pids_limit = limits.cpus, limits.mem_bytes, limits.pids
@@ -78,12 +79,6 @@ async def deploy(
         gateway_token = _provision(h, session, bot, token, me, owner_telegram_id)
         try:
             await progress("starting its container and waiting for it to answer")
-            if not await h.docker.image_present(h.settings.NULLCLAW_IMAGE):
-                raise ImageMissing(
-                    f"image {h.settings.NULLCLAW_IMAGE} is not on this Docker host: run "
-                    f"`docker pull {h.settings.NULLCLAW_IMAGE}` (or set NULLCLAW_IMAGE), "
-                    "then deploy again"
-                )
             await h.start_and_wait(session, bot, actor=actor, why="deployed")
         except EngineError as exc:
             session.refresh(bot)
@@ -97,6 +92,31 @@ async def deploy(
             gateway_token=gateway_token,
             container=h.container_name(bot.id),
             telegram_username=me.username,
+        )
+
+
+async def _precheck(h: Hosting, token: str) -> TelegramBot:
+    """getMe, and meanwhile the engine's readiness: nothing is claimed unless all pass.
+
+    A token problem is reported first: it is the customer's to fix.
+    """
+    me, ready = await asyncio.gather(
+        h.telegram.get_me(token), _engine_ready(h), return_exceptions=True
+    )
+    for outcome in (me, ready):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(me, TelegramBot)
+    return me
+
+
+async def _engine_ready(h: Hosting) -> None:
+    image = h.settings.NULLCLAW_IMAGE
+    present, _ = await asyncio.gather(h.docker.image_present(image), h.prepare_network())
+    if not present:
+        raise ImageMissing(
+            f"image {image} is not on this Docker host: run `docker pull {image}` "
+            "(or set NULLCLAW_IMAGE), then deploy again"
         )
 
 
