@@ -19,6 +19,7 @@ from storebot.errors import StorebotError
 
 EXAMPLES = """\
 examples:
+  storebot check
   storebot migrate
   storebot admin deploy --token 123456:AA... --owner 5550001
   echo "$TOKEN" | storebot admin deploy --token - --owner 5550001 --json
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", help="create or upgrade the database schema")
+    sub.add_parser(
+        "check",
+        help="check settings, Docker, the nullclawd image and the database; say what to fix",
+    )
     admin = sub.add_parser("admin", help="operate hosted bots (deploy, list, suspend, ...)")
     cmds = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return _migrate()
+        if args.command == "check":
+            return asyncio.run(_check())
         return asyncio.run(_admin(args))
     except StorebotError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -97,6 +104,33 @@ def _migrate() -> int:
     migrate(settings.DATABASE_URL)
     print("database is up to date")
     return 0
+
+
+async def _check() -> int:
+    from sqlalchemy import inspect
+
+    from storebot.app import build_hosting
+    from storebot.settings import load_settings
+
+    h = build_hosting(load_settings())
+    problems = []
+    try:
+        image = h.settings.NULLCLAW_IMAGE
+        try:
+            await h.docker.ping()
+            if not await h.docker.image_present(image):
+                problems.append(f"image {image} is missing: docker pull {image}")
+        except StorebotError as exc:
+            problems.append(str(exc))
+        try:
+            if "bot" not in inspect(h.db).get_table_names():
+                problems.append("the database is not set up: run `storebot migrate`")
+        except Exception as exc:  # any driver error is a finding to report here
+            problems.append(f"cannot open DATABASE_URL: {type(exc).__name__}: {exc}")
+    finally:
+        await h.aclose()
+    print("\n".join(f"problem: {p}" for p in problems) or "settings, Docker, image, database: ok")
+    return 1 if problems else 0
 
 
 async def _admin(args: argparse.Namespace) -> int:
