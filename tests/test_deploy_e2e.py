@@ -10,8 +10,8 @@ import docker
 import pytest
 
 from tests.cli_helpers import cli, cli_json, get, wait_status
-from tests.conftest import Services
 from tests.fakes.telegram import FakeTelegram
+from tests.harness import Services
 
 pytestmark = [pytest.mark.docker, pytest.mark.traefik]
 OWNER = 5550001

@@ -138,15 +138,15 @@ def test_docker_down_then_back(
     proc = cli(down, "admin", "deploy", "--token", token, "--owner", OWNER)
     assert proc.returncode == 1
     assert "Docker is not reachable" in proc.stderr and "retry" in proc.stderr
-    [bot] = _bots(hosted_env)
-    assert bot["status"] == "failed"  # never claims a running bot
-    assert _containers(docker_client, bot["id"]) == []
-    # every other command says the same, and changes nothing
-    proc = cli(down, "admin", "suspend", bot["id"])
-    assert proc.returncode == 1 and "Docker is not reachable" in proc.stderr
+    assert _bots(hosted_env) == []  # nothing claimed, certainly no "running" bot
 
-    retry = cli_json(hosted_env, "admin", "deploy", "--token", token, "--owner", OWNER)
-    assert retry["id"] == bot["id"] and retry["status"] == "running"
+    bot = cli_json(hosted_env, "admin", "deploy", "--token", token, "--owner", OWNER)
+    assert bot["status"] == "running"
+    # every other command says the same while Docker is away, and changes nothing
+    for action in ("suspend", "restart", "destroy", "logs"):
+        proc = cli(down, "admin", action, bot["id"], *(["--yes"] if action == "destroy" else []))
+        assert proc.returncode == 1 and "Docker is not reachable" in proc.stderr, action
+    assert [b["status"] for b in _bots(hosted_env)] == ["running"]
     assert _containers(docker_client, bot["id"]) == ["running"]
 
 
@@ -155,7 +155,7 @@ def test_image_missing(hosted_env: dict[str, str], telegram: FakeTelegram) -> No
     proc = cli(env, "admin", "deploy", "--token", telegram.add_bot().token, "--owner", OWNER)
     assert proc.returncode == 1
     assert "docker pull storebot-test/nullclaw:does-not-exist" in proc.stderr
-    assert [b["status"] for b in _bots(hosted_env)] == ["failed"]
+    assert _bots(hosted_env) == []
 
 
 def test_never_healthy(
@@ -245,3 +245,22 @@ def test_crash_mid_deploy_is_taken_over(
     assert _containers(docker_client, bot["id"]) == ["running"]  # the broken one was replaced
     events = json.dumps(cli_json(hosted_env, "admin", "show", bot["id"])["events"])
     assert "deploy retried" in events
+
+
+def test_check_says_what_to_fix(
+    hosted_env: dict[str, str], tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    ok = cli(hosted_env, "check")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok" in ok.stdout
+    broken = {
+        **hosted_env,
+        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/fresh.db",
+    }
+    bad = cli(broken, "check")
+    assert bad.returncode == 1
+    assert "Docker is not reachable" in bad.stdout
+    assert "run `storebot migrate`" in bad.stdout
+    missing = cli({**hosted_env, "NULLCLAW_IMAGE": "storebot-test/nope:1"}, "check")
+    assert missing.returncode == 1 and "docker pull storebot-test/nope:1" in missing.stdout
