@@ -8,6 +8,7 @@ removes every container, network and firewall chain carrying that instance label
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import secrets
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 import docker
 from cryptography.fernet import Fernet
 
+from storebot import firewall
 from tests.fakes.telegram import FakeTelegram
 
 SECRET_KEY = Fernet.generate_key().decode()
@@ -199,7 +201,5 @@ def cleanup(client: docker.DockerClient, instance: str) -> None:
         c.remove(force=True)
     for n in client.networks.list(filters=label):
         bridge = n.attrs["Options"].get("com.docker.network.bridge.name") or f"br-{n.id[:12]}"
-        chain = f"SB-{bridge}"[:28]
-        for args in (["-D", "INPUT", "-i", bridge, "-j", chain], ["-F", chain], ["-X", chain]):
-            subprocess.run(["iptables", *args], capture_output=True, check=False)
+        asyncio.run(firewall.remove(bridge))
         n.remove()
