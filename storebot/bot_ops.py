@@ -45,6 +45,8 @@ async def resume(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Ou
         bot = h.get_bot(s, bot_id)
         target = plan_action("resume", bot.status)
         _require_data(h, bot)
+        if target is not None:
+            await h.recheck_token(bot)
         await h.start_and_wait(s, bot, actor=actor, why=reason or "resumed")
         if target is None:
             return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already running")
@@ -56,10 +58,11 @@ async def restart(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
         bot = h.get_bot(s, bot_id)
         plan_action("restart", bot.status)
         _require_data(h, bot)
+        await h.recheck_token(bot)
         # a missing container is re-created by start_and_wait
         await h.docker.restart(h.container_name(bot.id), timeout=2)
-        h.record(s, bot, actor=actor, reason=reason or "restarted")
         await h.start_and_wait(s, bot, actor=actor, why=reason or "restarted")
+        h.record(s, bot, actor=actor, reason=reason or "restarted")
         return Outcome(bot.id, bot.status, True, f"bot {bot.id} restarted")
 
 

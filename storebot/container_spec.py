@@ -22,6 +22,8 @@ PUBLIC_PATHS = ("/health", "/ready", "/webhook")
 LABEL_MANAGED = "storebot.managed"
 LABEL_INSTANCE = "storebot.instance"
 LABEL_BOT = "storebot.bot-id"
+LABEL_CONFIG = "storebot.config-hash"
+MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,6 @@ class Limits:
 
 def container_name(settings: Settings, bot_id: str) -> str:
     return f"storebot-{settings.STOREBOT_INSTANCE}-{bot_id}"
-
-
-def selector(settings: Settings, bot_id: str | None = None) -> dict[str, list[str]]:
-    """A docker `filters` value matching our containers (one bot's, or all)."""
-    labels = [f"{LABEL_MANAGED}=true", f"{LABEL_INSTANCE}={settings.STOREBOT_INSTANCE}"]
-    if bot_id:
-        labels.append(f"{LABEL_BOT}={bot_id}")
-    return {"label": labels}
 
 
 def traefik_labels(settings: Settings, bot_id: str) -> dict[str, str]:
@@ -56,7 +50,7 @@ def traefik_labels(settings: Settings, bot_id: str) -> dict[str, str]:
         f"{router}.rule": f"{host} && ({paths})",
         f"{router}.entrypoints": ",".join(settings.entrypoints),
         f"{router}.service": name,
-        f"{router}.middlewares": f"{name}-rl,{name}-if",
+        f"{router}.middlewares": f"{name}-rl,{name}-if,{name}-buf",
         # Limits count per bot (its Host), not per client: they protect the bot's
         # single-threaded gateway, whoever calls it.
         f"{mw}-rl.ratelimit.average": str(settings.DEFAULT_RATE_LIMIT_RPS),
@@ -65,6 +59,9 @@ def traefik_labels(settings: Settings, bot_id: str) -> dict[str, str]:
         f"{mw}-rl.ratelimit.sourcecriterion.requesthost": "true",
         f"{mw}-if.inflightreq.amount": str(settings.BOT_MAX_IN_FLIGHT),
         f"{mw}-if.inflightreq.sourcecriterion.requesthost": "true",
+        # Traefik reads the whole body before passing it on: a client trickling a
+        # /webhook body cannot hold the gateway's single thread.
+        f"{mw}-buf.buffering.maxRequestBodyBytes": str(MAX_BODY_BYTES),
     }
     if settings.TRAEFIK_CERT_RESOLVER:
         labels[f"{router}.tls.certresolver"] = settings.TRAEFIK_CERT_RESOLVER

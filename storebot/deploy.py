@@ -16,9 +16,10 @@ from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storebot import bot_files
+from storebot.container_spec import Limits
 from storebot.errors import (
     DeployInProgress,
     EngineError,
@@ -73,8 +74,7 @@ async def deploy(
     await progress("checking the token with Telegram")
     me = await _precheck(h, token)
     with h.session() as session:
-        bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, actor)
-        bot.cpu_limit, bot.mem_limit, bot.pids_limit = limits.cpus, limits.mem_bytes, limits.pids
+        bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, limits, actor)
         await progress(f"preparing bot {bot.id} (@{me.username})")
         gateway_token = _provision(h, session, bot, token, me, owner_telegram_id)
         try:
@@ -120,12 +120,20 @@ async def _engine_ready(h: Hosting) -> None:
         )
 
 
-def _claim(h: Hosting, session: Session, tg_bot_id: int, owner: int, plan: str, actor: str) -> Bot:
+def _claim(
+    h: Hosting,
+    session: Session,
+    tg_bot_id: int,
+    owner: int,
+    plan: str,
+    limits: Limits,
+    actor: str,
+) -> Bot:
     """The bot row this deploy owns, status `deploying`; refuses a token in use."""
     customer = _customer(session, owner)
     existing = session.exec(select(Bot).where(Bot.token_claim == tg_bot_id)).first()
     if existing is not None:
-        return _take_over(h, session, existing, customer, actor)
+        return _take_over(h, session, existing, customer, plan, limits, actor)
     assert customer.id is not None
     bot = Bot(
         id=new_bot_id(),
@@ -134,9 +142,9 @@ def _claim(h: Hosting, session: Session, tg_bot_id: int, owner: int, plan: str, 
         status=BotStatus.deploying,
         telegram_bot_id=tg_bot_id,
         token_claim=tg_bot_id,
-        cpu_limit=0,
-        mem_limit=0,
-        pids_limit=0,
+        cpu_limit=limits.cpus,
+        mem_limit=limits.mem_bytes,
+        pids_limit=limits.pids,
     )
     session.add(bot)
     session.add(
@@ -160,7 +168,15 @@ def _claim(h: Hosting, session: Session, tg_bot_id: int, owner: int, plan: str, 
     return bot
 
 
-def _take_over(h: Hosting, session: Session, bot: Bot, customer: Customer, actor: str) -> Bot:
+def _take_over(
+    h: Hosting,
+    session: Session,
+    bot: Bot,
+    customer: Customer,
+    plan: str,
+    limits: Limits,
+    actor: str,
+) -> Bot:
     if bot.customer_id != customer.id:
         raise TokenAlreadyHosted(
             "this Telegram bot is already hosted here for another customer; "
@@ -179,8 +195,19 @@ def _take_over(h: Hosting, session: Session, bot: Bot, customer: Customer, actor
     # Compare-and-set: of two racing retries only one moves the row.
     moved = session.execute(
         update(Bot)
-        .where(Bot.id == bot.id, Bot.status == bot.status, Bot.updated_at == bot.updated_at)  # type: ignore[arg-type]
-        .values(status=BotStatus.deploying, updated_at=utcnow())
+        .where(
+            col(Bot.id) == bot.id,
+            col(Bot.status) == bot.status,
+            col(Bot.updated_at) == bot.updated_at,
+        )
+        .values(
+            status=BotStatus.deploying,
+            updated_at=utcnow(),
+            plan=plan,
+            cpu_limit=limits.cpus,
+            mem_limit=limits.mem_bytes,
+            pids_limit=limits.pids,
+        )
     ).rowcount  # type: ignore[attr-defined]
     if moved != 1:
         session.rollback()

@@ -9,6 +9,7 @@
     ├── TelegramUnavailable     the Bot API did not answer (retry later)
     ├── BotNotFound             no bot with that id
     ├── InvalidTransition       the bot's state does not allow that action
+    │   └── StateChanged            another process changed it meanwhile
     ├── DeployInProgress        someone is deploying this bot right now
     └── EngineError             the container engine failed
         ├── DockerUnavailable       the daemon cannot be reached
@@ -52,6 +53,10 @@ class BotNotFound(StorebotError):
 
 
 class InvalidTransition(StorebotError):
+    pass
+
+
+class StateChanged(InvalidTransition):
     pass
 
 

@@ -6,20 +6,26 @@ passed to the deploy and lifecycle services. It knows no Telegram chat and no CL
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from storebot import bot_files, firewall
-from storebot.container_spec import LABEL_INSTANCE, Limits, container_name, container_spec
+from storebot.container_spec import (
+    LABEL_CONFIG,
+    LABEL_INSTANCE,
+    Limits,
+    container_name,
+    container_spec,
+)
 from storebot.db import session as new_session
 from storebot.docker_engine import DockerEngine, NetworkInfo
-from storebot.errors import BotNotFound, HealthTimeout
+from storebot.errors import BotNotFound, HealthTimeout, StateChanged, StorebotError
 from storebot.health import wait_healthy
 from storebot.lifecycle import check_transition
 from storebot.models import Bot, BotEvent, BotStatus, utcnow
@@ -27,7 +33,6 @@ from storebot.settings import Settings
 from storebot.telegram_api import BotApi
 from storebot.tokens import TokenBox, redact
 
-log = logging.getLogger(__name__)
 FAILURE_LOG_LINES = 50
 
 
@@ -59,18 +64,34 @@ class Hosting:
     def transition(
         self, session: Session, bot: Bot, to: BotStatus, *, actor: str, reason: str = ""
     ) -> None:
-        """Change status, record the event, commit (one unit of work)."""
+        """Change status, record the event, commit (one unit of work).
+
+        Compare-and-set on the status this process last read: if another process
+        changed it meanwhile (an operator's suspend during a slow deploy), nothing is
+        overwritten and StateChanged says what it is now. Pending changes to the row
+        (hashes, limits, kept logs) are committed in the same transaction.
+        """
         check_transition(bot.status, to)
-        session.add(
-            BotEvent(
-                bot_id=bot.id, from_status=bot.status, to_status=to, actor=actor, reason=reason
-            )
-        )
-        bot.status = to
-        bot.status_reason = reason or None
-        bot.updated_at = utcnow()
+        before = bot.status
         session.add(bot)
+        session.flush()
+        moved = session.execute(
+            update(Bot)
+            .where(col(Bot.id) == bot.id, col(Bot.status) == before)
+            .values(status=to, status_reason=reason or None, updated_at=utcnow())
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            session.refresh(bot)
+            raise StateChanged(
+                f"bot {bot.id} became {bot.status} while this action ran "
+                f"(it expected {before}); nothing was overwritten"
+            )
+        session.add(
+            BotEvent(bot_id=bot.id, from_status=before, to_status=to, actor=actor, reason=reason)
+        )
         session.commit()
+        session.refresh(bot)
 
     def record(self, session: Session, bot: Bot, *, actor: str, reason: str) -> None:
         """An action that changes no status (restart, rotate, ...)."""
@@ -98,10 +119,20 @@ class Hosting:
     def container_name(self, bot_id: str) -> str:
         return container_name(self.settings, bot_id)
 
-    def spec(self, bot: Bot) -> dict[str, object]:
-        data = PurePosixPath(bot_files.data_dir(self.settings.DATA_ROOT, bot.id))
+    def spec(self, bot: Bot) -> dict[str, Any]:
+        root = self.settings.DATA_ROOT
+        data = PurePosixPath(bot_files.data_dir(root, bot.id))
         limits = Limits(cpus=bot.cpu_limit, mem_bytes=bot.mem_limit, pids=bot.pids_limit)
-        return container_spec(self.settings, bot.id, data, limits)
+        spec = container_spec(self.settings, bot.id, data, limits)
+        spec["labels"][LABEL_CONFIG] = bot_files.config_digest(root, bot.id)
+        return spec
+
+    async def recheck_token(self, bot: Bot) -> None:
+        """getMe again before starting a bot: a token revoked since makes nullclawd
+        spin at full CPU while /health still says ok (NULLCLAW.md)."""
+        if not bot.token_encrypted:
+            raise StorebotError(f"bot {bot.id} has no Telegram token on record; deploy it again")
+        await self.telegram.get_me(self.tokens.open(bot.token_encrypted))
 
     async def prepare_network(self) -> NetworkInfo:
         if self._network is None:
@@ -120,17 +151,28 @@ class Hosting:
         """Ensure the container runs, wait for /health through Traefik, mark running.
 
         On timeout: keep the last log lines, stop the container (a broken nullclawd may
-        spin at full CPU), mark failed and raise HealthTimeout.
+        spin at full CPU), mark failed and raise HealthTimeout. If another process
+        suspended or destroyed the bot meanwhile, its word stands: the container is
+        stopped again and StateChanged raised.
         """
         await self.prepare_network()
         await self.docker.run(self.spec(bot))
         s = self.settings
-        if await wait_healthy(
+        healthy = await wait_healthy(
             self.http, s.HEALTH_PROBE_URL, s.bot_host(bot.id), s.HEALTH_TIMEOUT_SECONDS
-        ):
+        )
+        try:
+            if not healthy:
+                await self._fail_unhealthy(session, bot, actor)
             if bot.status is not BotStatus.running:
                 self.transition(session, bot, BotStatus.running, actor=actor, reason=why)
-            return
+        except StateChanged:
+            if bot.status is not BotStatus.running:
+                await self.docker.stop(self.container_name(bot.id), timeout=1)
+            raise
+
+    async def _fail_unhealthy(self, session: Session, bot: Bot, actor: str) -> None:
+        s = self.settings
         name = self.container_name(bot.id)
         tail = redact(await self.docker.logs(name, tail=FAILURE_LOG_LINES) or "")
         await self.docker.stop(name, timeout=1)

@@ -42,8 +42,14 @@ def plan_action(action: str, current: S) -> S | None:
     target, noop_from = ACTIONS[action]
     if current in noop_from:
         return None
-    if action == "restart" and current in (S.running, S.failed):
-        return S.running
+    if action == "restart":
+        # A restart must never lift a suspension (that is `resume`, a decision).
+        if current in (S.running, S.failed):
+            return S.running
+        raise InvalidTransition(
+            f"only a running or failed bot can be restarted; this one is {current}"
+            + (" (use resume)" if current is S.suspended else "")
+        )
     check_transition(current, target)
     return target
 

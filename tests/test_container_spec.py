@@ -19,6 +19,12 @@ def test_routes_only_public_paths_with_limits() -> None:
     assert labels["traefik.http.middlewares.sb-abc12345-rl.ratelimit.burst"] == "20"
     assert labels["traefik.http.middlewares.sb-abc12345-if.inflightreq.amount"] == "4"
     assert labels["traefik.http.routers.sb-abc12345.tls.certresolver"] == "letsencrypt"
+    assert labels["traefik.http.routers.sb-abc12345.middlewares"] == (
+        "sb-abc12345-rl,sb-abc12345-if,sb-abc12345-buf"
+    )
+    assert labels["traefik.http.middlewares.sb-abc12345-buf.buffering.maxRequestBodyBytes"] == (
+        "65536"
+    )
     assert labels["traefik.http.routers.sb-abc12345-probe.rule"].endswith("Path(`/health`)")
 
 

@@ -7,14 +7,18 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.cli_helpers import REPO, cli, cli_json
+from storebot.db import make_engine, session
+from storebot.models import Bot, utcnow
+from tests.cli_helpers import REPO, cli, cli_json, get
 from tests.conftest import base_env
 from tests.fakes.telegram import FakeTelegram, make_token
+from tests.harness import Services
 from tests.standin.build import UNHEALTHY_IMAGE
 
 OWNER = "5550002"
@@ -210,15 +214,22 @@ def test_racing_deploys_of_one_token(
     assert _containers(docker_client, bot["id"]) == ["running"]
 
 
-def test_crash_mid_deploy_is_taken_over(
-    hosted_env: dict[str, str], telegram: FakeTelegram, docker_client: docker.DockerClient
+def test_crash_mid_deploy_is_taken_over_with_fresh_secrets(
+    hosted_env: dict[str, str],
+    telegram: FakeTelegram,
+    docker_client: docker.DockerClient,
+    services: Services,
 ) -> None:
+    """A deploy killed while its container runs leaves `deploying`; a later deploy of the
+    same token takes the bot over, and the container it leaves answers to the NEW
+    gateway token (the config was rewritten, so the container must be re-created)."""
     token = telegram.add_bot().token
+    # the probe URL points nowhere: the container starts and runs, the wait never ends
     slow = {
         "PATH": "/usr/bin:/bin",
         "HOME": "/root",
         **hosted_env,
-        "NULLCLAW_IMAGE": UNHEALTHY_IMAGE,
+        "HEALTH_PROBE_URL": "http://127.0.0.1:9",
         "HEALTH_TIMEOUT_SECONDS": "60",
     }
     args = [sys.executable, "-m", "storebot", "admin", "deploy", "--token", token, "--owner", OWNER]
@@ -226,25 +237,65 @@ def test_crash_mid_deploy_is_taken_over(
         args, env=slow, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # crash once its container exists
+    while time.monotonic() < deadline:  # crash once its container runs
         bots = _bots(hosted_env)
-        if bots and _containers(docker_client, bots[0]["id"]):
+        if bots and _containers(docker_client, bots[0]["id"]) == ["running"]:
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     [bot] = _bots(hosted_env)
     assert bot["status"] == "deploying"
+    assert _containers(docker_client, bot["id"]) == ["running"]
 
     busy = cli(hosted_env, "admin", "deploy", "--token", token, "--owner", OWNER)
     assert busy.returncode == 1 and "being deployed right now" in busy.stderr
-    fresh = {**hosted_env, "DEPLOY_STALE_SECONDS": "0.5"}
     time.sleep(0.6)
-    done = cli_json(fresh, "admin", "deploy", "--token", token, "--owner", OWNER)
+    done = cli_json(
+        {**hosted_env, "DEPLOY_STALE_SECONDS": "0.5"},
+        "admin",
+        "deploy",
+        "--token",
+        token,
+        "--owner",
+        OWNER,
+    )
     assert done["id"] == bot["id"] and done["status"] == "running"
-    assert _containers(docker_client, bot["id"]) == ["running"]  # the broken one was replaced
+    assert _containers(docker_client, bot["id"]) == ["running"]
+    host = f"{bot['id']}.bots.storebot.test"
+    auth = {"Authorization": f"Bearer {done['gateway_token']}"}
+    hook = get(
+        services.web_url, host, "/webhook", method="POST", headers=auth, json={"message": "hi"}
+    )
+    assert hook.status_code == 200
     events = json.dumps(cli_json(hosted_env, "admin", "show", bot["id"])["events"])
     assert "deploy retried" in events
+
+
+def test_restart_never_lifts_a_suspension(
+    hosted_env: dict[str, str], telegram: FakeTelegram, docker_client: docker.DockerClient
+) -> None:
+    bot = cli_json(
+        hosted_env, "admin", "deploy", "--token", telegram.add_bot().token, "--owner", OWNER
+    )
+    cli_json(hosted_env, "admin", "suspend", bot["id"], "--reason", "abuse")
+    proc = cli(hosted_env, "admin", "restart", bot["id"])
+    assert proc.returncode == 1 and "use resume" in proc.stderr
+    assert [b["status"] for b in _bots(hosted_env)] == ["suspended"]
+    assert _containers(docker_client, bot["id"]) == ["exited"]
+
+
+def test_resume_refuses_a_token_revoked_meanwhile(
+    hosted_env: dict[str, str], telegram: FakeTelegram, docker_client: docker.DockerClient
+) -> None:
+    tg_bot = telegram.add_bot()
+    bot = cli_json(hosted_env, "admin", "deploy", "--token", tg_bot.token, "--owner", OWNER)
+    cli_json(hosted_env, "admin", "suspend", bot["id"])
+    telegram.revoke(tg_bot.token)
+    proc = cli(hosted_env, "admin", "resume", bot["id"])
+    assert proc.returncode == 1 and "Telegram rejected this token" in proc.stderr
+    assert [b["status"] for b in _bots(hosted_env)] == ["suspended"]
+    assert _containers(docker_client, bot["id"]) == ["exited"]  # no spinning container
 
 
 def test_check_says_what_to_fix(
@@ -264,3 +315,28 @@ def test_check_says_what_to_fix(
     assert "run `storebot migrate`" in bad.stdout
     missing = cli({**hosted_env, "NULLCLAW_IMAGE": "storebot-test/nope:1"}, "check")
     assert missing.returncode == 1 and "docker pull storebot-test/nope:1" in missing.stdout
+
+
+def test_destroy_keeps_data_for_the_retention_period(
+    hosted_env: dict[str, str], telegram: FakeTelegram
+) -> None:
+    env = {**hosted_env, "DATA_RETENTION_DAYS": "7"}
+    bot = cli_json(env, "admin", "deploy", "--token", telegram.add_bot().token, "--owner", OWNER)
+    home = Path(env["DATA_ROOT"]) / bot["id"]
+    gone = cli_json(env, "admin", "destroy", bot["id"], "--yes")
+    assert "data kept until" in gone["message"]
+    assert home.is_dir()
+    assert cli_json(env, "admin", "purge-data") == []  # not due yet
+    assert home.is_dir()
+    # a week passes (the only clock here is the row's purge date)
+    engine = make_engine(env["DATABASE_URL"])
+    with session(engine) as s:
+        row = s.get(Bot, bot["id"])
+        assert row is not None and row.data_purge_after is not None
+        row.data_purge_after = utcnow() - timedelta(seconds=1)
+        s.add(row)
+        s.commit()
+    engine.dispose()
+    assert cli_json(env, "admin", "purge-data") == [bot["id"]]
+    assert not home.exists()
+    assert cli_json(env, "admin", "purge-data") == []

@@ -47,6 +47,9 @@ def test_actions() -> None:
         plan_action("resume", S.awaiting_token)
     with pytest.raises(InvalidTransition):
         plan_action("suspend", S.awaiting_payment)
+    for state in (S.suspended, S.deploying, S.awaiting_token):
+        with pytest.raises(InvalidTransition, match="only a running or failed"):
+            plan_action("restart", state)
 
 
 def test_every_state_has_a_way_out_but_destroyed() -> None:
