@@ -6,6 +6,8 @@ same `Hosting` with settings that point at fakes and test services.
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 
 from storebot.db import make_engine
@@ -17,6 +19,8 @@ from storebot.tokens import TokenBox
 
 
 def build_hosting(settings: Settings) -> Hosting:
+    # httpx logs each request URL at INFO, and Bot API URLs contain the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     http = httpx.AsyncClient(headers={"User-Agent": "storebot"})
     return Hosting(
         settings=settings,

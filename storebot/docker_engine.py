@@ -41,7 +41,6 @@ class ContainerState:
 class NetworkInfo:
     id: str
     bridge: str
-    gateway: str
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -74,9 +73,10 @@ class DockerEngine:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self._client = None
                 raise DockerUnavailable(_unreachable(self._base_url, exc)) from None
+            except docker.errors.APIError as exc:
+                # Anything the daemon refused that the caller did not handle itself.
+                raise EngineError(f"Docker refused: {exc.explanation or exc}") from None
             except docker.errors.DockerException as exc:
-                if isinstance(exc, docker.errors.APIError):
-                    raise
                 self._client = None
                 raise DockerUnavailable(_unreachable(self._base_url, exc)) from None
 
@@ -123,8 +123,7 @@ class DockerEngine:
                     "remove it (docker network rm) so storebot can recreate it"
                 )
             bridge = attrs["Options"].get("com.docker.network.bridge.name") or f"br-{net_id[:12]}"
-            gateway = attrs["IPAM"]["Config"][0].get("Gateway", "")
-            return NetworkInfo(id=net_id, bridge=bridge, gateway=gateway)
+            return NetworkInfo(id=net_id, bridge=bridge)
 
         return await self._run(ensure)
 
@@ -169,19 +168,6 @@ class DockerEngine:
             return str(current.id)
 
         return await self._run(run)
-
-    async def start(self, name: str) -> bool:
-        """Start; False if there is no such container."""
-
-        def start(d: docker.DockerClient) -> bool:
-            c = _get(d, name)
-            if c is None:
-                return False
-            if c.status != "running":
-                c.start()
-            return True
-
-        return await self._run(start)
 
     async def stop(self, name: str, timeout: int = 5) -> bool:
         def stop(d: docker.DockerClient) -> bool:
@@ -233,12 +219,6 @@ class DockerEngine:
             return raw.decode(errors="replace")
 
         return await self._run(logs)
-
-    async def list(self, filters: dict[str, Any]) -> list[ContainerState]:
-        def list_(d: docker.DockerClient) -> list[ContainerState]:
-            return [_state(c) for c in d.containers.list(all=True, filters=filters)]
-
-        return await self._run(list_)
 
 
 def _await_network(d: docker.DockerClient, name: str) -> Any:

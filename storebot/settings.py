@@ -154,7 +154,9 @@ class Settings(BaseSettings):
     @field_validator("DEFAULT_MEM_LIMIT", "BOT_LOG_MAX_SIZE", "BOT_TMPFS_SIZE")
     @classmethod
     def _size(cls, value: str) -> str:
-        parse_memory(value)
+        # Docker reads 0 as "no limit": never let a typo remove a limit.
+        if parse_memory(value) < 1024**2:
+            raise ValueError(f"{value!r} is below 1m (and 0 would mean unlimited)")
         return value
 
     @field_validator("BOT_NETWORK_SUBNET")
@@ -188,10 +190,6 @@ class Settings(BaseSettings):
         return self
 
     # Derived values
-    @property
-    def mem_limit_bytes(self) -> int:
-        return parse_memory(self.DEFAULT_MEM_LIMIT)
-
     @property
     def entrypoints(self) -> list[str]:
         return [e.strip() for e in self.TRAEFIK_ENTRYPOINTS.split(",") if e.strip()]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from storebot.errors import SettingsError
-from storebot.settings import load_settings
+from storebot.settings import load_settings, parse_memory
 from tests.conftest import base_env
 
 
@@ -27,7 +27,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert s.DEFAULT_RATE_LIMIT_RPS == 5
     assert s.DEFAULT_RATE_LIMIT_BURST == 20
     assert s.DEFAULT_CPU_LIMIT == 1
-    assert s.mem_limit_bytes == 512 * 1024**2
+    assert parse_memory(s.DEFAULT_MEM_LIMIT) == 512 * 1024**2
     assert Path("/var/lib/clawdeploy/bots") == s.DATA_ROOT
     assert s.DATABASE_URL.startswith("sqlite:///")
     assert s.TELEGRAM_API_BASE == "https://api.telegram.org"
@@ -44,6 +44,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("BASE_DOMAIN", "https://bots.mine.net/", "DNS name"),
         ("SUPPORT_EMAIL", "nobody", "e-mail"),
         ("DEFAULT_MEM_LIMIT", "lots", "size like 512m"),
+        ("DEFAULT_MEM_LIMIT", "0", "unlimited"),
+        ("BOT_TMPFS_SIZE", "0", "unlimited"),
         ("DEFAULT_RATE_LIMIT_RPS", "0", "greater than 0"),
         ("LLM_METER_URL", "meter:8089", "http(s) URL"),
         ("DATABASE_URL", "mysql://x", "sqlite:///"),
