@@ -114,6 +114,13 @@ async def _check() -> int:
 
     h = build_hosting(load_settings())
     problems = []
+    s = h.settings
+    if s.meter_outside_bot_subnet():
+        print(
+            f"note: LLM_METER_URL ({s.LLM_METER_URL}) is outside BOT_NETWORK_SUBNET "
+            f"({s.BOT_NETWORK_SUBNET}); on one host the meter listens on the subnet's "
+            "gateway (.1). Bots' LLM calls fail silently if it is not reachable."
+        )
     try:
         image = h.settings.NULLCLAW_IMAGE
         try:

@@ -76,7 +76,7 @@ async def deploy(
     with h.session() as session:
         bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, limits, actor)
         await progress(f"preparing bot {bot.id} (@{me.username})")
-        gateway_token = _provision(h, session, bot, token, me, owner_telegram_id)
+        gateway_token = _provision(h, session, bot, token, me, owner_telegram_id, actor)
         try:
             await progress("starting its container and waiting for it to answer")
             await h.start_and_wait(session, bot, actor=actor, why="deployed")
@@ -241,7 +241,7 @@ def _customer(session: Session, telegram_id: int) -> Customer:
 
 
 def _provision(
-    h: Hosting, session: Session, bot: Bot, token: str, me: TelegramBot, owner: int
+    h: Hosting, session: Session, bot: Bot, token: str, me: TelegramBot, owner: int, actor: str
 ) -> str:
     """Fresh secrets every (re)deploy: the raw ones exist only in config.json and here."""
     gateway_token, llm_token = new_gateway_token(), new_llm_token()
@@ -262,7 +262,7 @@ def _provision(
         bot_files.write_bot_files(h.settings.DATA_ROOT, bot.id, dump_config(config))
     except OSError as exc:
         h.transition(
-            session, bot, BotStatus.failed, actor="deploy", reason=f"cannot write data dir: {exc}"
+            session, bot, BotStatus.failed, actor=actor, reason=f"cannot write data dir: {exc}"
         )
         raise StorebotError(
             f"cannot write the bot's data under {h.settings.DATA_ROOT}: {exc.strerror}. "

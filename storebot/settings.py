@@ -194,6 +194,15 @@ class Settings(BaseSettings):
     def entrypoints(self) -> list[str]:
         return [e.strip() for e in self.TRAEFIK_ENTRYPOINTS.split(",") if e.strip()]
 
+    def meter_outside_bot_subnet(self) -> bool:
+        """True when LLM_METER_URL names an IP outside BOT_NETWORK_SUBNET: then bots
+        reach the meter only if it runs on another machine they may route to."""
+        host = urlsplit(self.LLM_METER_URL).hostname or ""
+        try:
+            return ipaddress.ip_address(host) not in ipaddress.ip_network(self.BOT_NETWORK_SUBNET)
+        except ValueError:
+            return False
+
     def bot_url(self, bot_id: str) -> str:
         return f"{self.BOT_URL_SCHEME}://{bot_id}.{self.BASE_DOMAIN}/"
 

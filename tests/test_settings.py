@@ -83,3 +83,12 @@ def test_env_example_placeholder_file_refused_at_startup(tmp_path: Path) -> None
     assert "STOREBOT_SECRET_KEY" in proc.stderr
     assert "placeholder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_meter_outside_subnet_is_noticed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    inside = _load(monkeypatch, tmp_path, base_env())
+    assert inside.meter_outside_bot_subnet() is False  # the defaults agree
+    moved = _load(monkeypatch, tmp_path, base_env(BOT_NETWORK_SUBNET="10.99.0.0/16"))
+    assert moved.meter_outside_bot_subnet() is True
+    named = _load(monkeypatch, tmp_path, base_env(LLM_METER_URL="http://meter.internal:8089/v1"))
+    assert named.meter_outside_bot_subnet() is False
