@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     STOREBOT_INSTANCE: str = "default"
     DOCKER_HOST: str | None = None
 
+    # Plans and payments (Stripe is needed to sell, not by the admin CLI)
+    PLANS_FILE: Path | None = None
+    CURRENCY: str = Field(default="usd", pattern=r"^[a-z]{3}$")
+    STRIPE_SECRET_KEY: SecretStr | None = None
+    STRIPE_WEBHOOK_SECRET: SecretStr | None = None
+    STRIPE_API_BASE: str = "https://api.stripe.com"
+
     # Traefik
     TRAEFIK_ENTRYPOINTS: str = "websecure"
     TRAEFIK_CERT_RESOLVER: str = "letsencrypt"
@@ -106,6 +113,19 @@ class Settings(BaseSettings):
     @field_validator("OPENROUTER_API_KEY", "STOREBOT_SECRET_KEY")
     @classmethod
     def _secret_not_placeholder(cls, value: SecretStr) -> SecretStr:
+        _refuse_placeholder(value.get_secret_value())
+        return value
+
+    @field_validator("PLANS_FILE", "DOCKER_HOST", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
+    @classmethod
+    def _optional_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # empty in .env means "not set"
         _refuse_placeholder(value.get_secret_value())
         return value
 
@@ -143,6 +163,7 @@ class Settings(BaseSettings):
         "LLM_METER_URL",
         "TELEGRAM_API_BASE",
         "HEALTH_PROBE_URL",
+        "STRIPE_API_BASE",
     )
     @classmethod
     def _url(cls, value: str) -> str:
@@ -190,6 +211,18 @@ class Settings(BaseSettings):
         return self
 
     # Derived values
+    def stripe_keys(self) -> tuple[str, str]:
+        """The Stripe secret key and webhook secret, or SettingsError naming what is missing."""
+        key, hook = self.STRIPE_SECRET_KEY, self.STRIPE_WEBHOOK_SECRET
+        missing = [
+            n for n, v in (("STRIPE_SECRET_KEY", key), ("STRIPE_WEBHOOK_SECRET", hook)) if v is None
+        ]
+        if missing or key is None or hook is None:
+            raise SettingsError(
+                "selling needs these settings (environment or .env): " + ", ".join(missing)
+            )
+        return key.get_secret_value(), hook.get_secret_value()
+
     @property
     def entrypoints(self) -> list[str]:
         return [e.strip() for e in self.TRAEFIK_ENTRYPOINTS.split(",") if e.strip()]

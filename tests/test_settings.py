@@ -92,3 +92,19 @@ def test_meter_outside_subnet_is_noticed(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert moved.meter_outside_bot_subnet() is True
     named = _load(monkeypatch, tmp_path, base_env(LLM_METER_URL="http://meter.internal:8089/v1"))
     assert named.meter_outside_bot_subnet() is False
+
+
+def test_selling_needs_stripe_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = _load(
+        monkeypatch, tmp_path, base_env(STRIPE_SECRET_KEY="sk_test_abc", STRIPE_WEBHOOK_SECRET="")
+    )
+    with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRET") as err:
+        s.stripe_keys()
+    assert "STRIPE_SECRET_KEY" not in str(err.value)
+    with pytest.raises(SettingsError, match="placeholder"):
+        _load(monkeypatch, tmp_path, base_env(STRIPE_SECRET_KEY="changeme"))
+
+
+def test_empty_optional_values_mean_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = _load(monkeypatch, tmp_path, base_env(PLANS_FILE="", DOCKER_HOST="", STRIPE_SECRET_KEY=""))
+    assert s.PLANS_FILE is None and s.DOCKER_HOST is None and s.STRIPE_SECRET_KEY is None
