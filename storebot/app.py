@@ -14,6 +14,7 @@ from storebot.db import make_engine
 from storebot.docker_engine import DockerEngine
 from storebot.hosting import Hosting
 from storebot.settings import Settings
+from storebot.stripe_gateway import StripeGateway
 from storebot.telegram_api import BotApi
 from storebot.tokens import TokenBox
 
@@ -30,3 +31,8 @@ def build_hosting(settings: Settings) -> Hosting:
         http=http,
         tokens=TokenBox(settings.STOREBOT_SECRET_KEY.get_secret_value()),
     )
+
+
+def build_payments(settings: Settings) -> StripeGateway:
+    secret_key, webhook_secret = settings.stripe_keys()
+    return StripeGateway(secret_key, webhook_secret, settings.STRIPE_API_BASE, settings.CURRENCY)

@@ -65,6 +65,12 @@ class Bot(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     destroyed_at: datetime | None = None
     data_purge_after: datetime | None = None
+    # Hosting subscription (Stripe). The bot row doubles as the order: its id is the
+    # Checkout Session's metadata.order_id.
+    paid_until: datetime | None = None
+    checkout_session_id: str | None = Field(default=None, max_length=255)
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
+    stripe_subscription_id: str | None = Field(default=None, max_length=255, index=True)
 
 
 class BotEvent(SQLModel, table=True):
@@ -79,3 +85,15 @@ class BotEvent(SQLModel, table=True):
     to_status: str = Field(max_length=20)
     actor: str = Field(max_length=64)
     reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class StripeEvent(SQLModel, table=True):
+    """Each Stripe event applied, by id, written in the same transaction as its effect:
+    a redelivered event finds its row and changes nothing."""
+
+    __tablename__ = "stripe_event"
+
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=100)
+    received_at: datetime = Field(default_factory=utcnow)
+    outcome: str = Field(default="", sa_column=Column(Text, nullable=False))

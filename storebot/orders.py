@@ -1,0 +1,256 @@
+"""Hosting orders and the Stripe events that pay for them.
+
+A hosting order is a bot row in `awaiting_payment`; its id is the Checkout Session's
+`metadata.order_id`. Each Stripe event is applied at most once: its id is inserted
+in the same transaction as its effect, so a redelivery changes nothing. Effects that
+someone must hear about (ask the customer for the token, tell the ops chat) come
+back as `Effect`s for the chat layer to send after the commit; the database state
+alone is enough to pick up again after a crash (a paid order is `awaiting_token`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from storebot.hosting import Hosting
+from storebot.models import Bot, BotEvent, BotStatus, Customer, StripeEvent, utcnow
+from storebot.plans import get_plan
+from storebot.stripe_gateway import StripeGateway
+from storebot.tokens import new_bot_id
+
+# Until the first invoice.paid says otherwise, a paid checkout covers this long.
+FIRST_PERIOD = timedelta(days=31)
+
+
+@dataclass(frozen=True)
+class Effect:
+    kind: str  # ask_token | renewed | payment_failed | subscription_ended | ops_alert
+    telegram_id: int | None = None
+    bot_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Order:
+    bot_id: str
+    plan: str
+    checkout_url: str
+
+
+def customer_for(session: Session, telegram_id: int) -> Customer:
+    found = session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).first()
+    if found is not None:
+        return found
+    customer = Customer(telegram_id=telegram_id)
+    session.add(customer)
+    try:
+        session.commit()
+    except IntegrityError:  # created meanwhile by a concurrent update of the same user
+        session.rollback()
+        return session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).one()
+    return customer
+
+
+def bots_in(session: Session, telegram_id: int, *statuses: BotStatus) -> list[Bot]:
+    stmt = (
+        select(Bot)
+        .join(Customer, col(Customer.id) == col(Bot.customer_id))
+        .where(Customer.telegram_id == telegram_id, col(Bot.status).in_(statuses))
+        .order_by(col(Bot.created_at))
+    )
+    return list(session.exec(stmt))
+
+
+async def start_hosting_order(
+    h: Hosting,
+    gw: StripeGateway,
+    *,
+    telegram_id: int,
+    plan_name: str,
+    success_url: str,
+    cancel_url: str,
+    actor: str,
+) -> Order:
+    """The customer's open order (reused: one unpaid order at a time) with a fresh
+    Checkout link. The previous link is expired first, so no order is paid twice."""
+    plan = get_plan(h.settings, plan_name)
+    with h.session() as s:
+        customer = customer_for(s, telegram_id)
+        assert customer.id is not None
+        open_orders = bots_in(s, telegram_id, BotStatus.awaiting_payment)
+        bot = open_orders[0] if open_orders else None
+        if bot is None:
+            bot = Bot(
+                id=new_bot_id(),
+                customer_id=customer.id,
+                status=BotStatus.awaiting_payment,
+                cpu_limit=plan.limits.cpus,
+                mem_limit=plan.limits.mem_bytes,
+                pids_limit=plan.limits.pids,
+            )
+            s.add(
+                BotEvent(
+                    bot_id=bot.id,
+                    to_status=BotStatus.awaiting_payment,
+                    actor=actor,
+                    reason=f"order opened (plan {plan.name})",
+                )
+            )
+        elif bot.checkout_session_id:
+            await gw.expire_checkout(bot.checkout_session_id)
+        bot.plan = plan.name
+        bot.cpu_limit, bot.mem_limit = plan.limits.cpus, plan.limits.mem_bytes
+        bot.pids_limit = plan.limits.pids
+        link = await gw.hosting_checkout(
+            order_id=bot.id,
+            telegram_id=telegram_id,
+            plan=plan,
+            success_url=success_url,
+            cancel_url=cancel_url,
+        )
+        bot.checkout_session_id = link.session_id
+        s.add(bot)
+        s.commit()
+        return Order(bot_id=bot.id, plan=plan.name, checkout_url=link.url)
+
+
+def apply_event(h: Hosting, event: dict[str, Any]) -> list[Effect]:
+    """Apply one verified Stripe event exactly once; [] if it was applied before."""
+    with h.session() as s:
+        if s.get(StripeEvent, event["id"]) is not None:
+            return []
+        record = StripeEvent(id=event["id"], type=str(event.get("type", "")))
+        s.add(record)
+        obj = (event.get("data") or {}).get("object") or {}
+        handler = _HANDLERS.get(record.type)
+        effects, record.outcome = handler(h, s, obj) if handler else ([], "ignored")
+        try:
+            s.commit()  # the event row and its effect, together
+        except IntegrityError:  # the same event, applied concurrently: theirs counts
+            s.rollback()
+            return []
+        return effects
+
+
+Outcome = tuple[list[Effect], str]
+Handler = Callable[[Hosting, Session, dict[str, Any]], Outcome]
+
+
+def _order(s: Session, obj: dict[str, Any]) -> tuple[Bot | None, Customer | None]:
+    order_id = (obj.get("metadata") or {}).get("order_id")
+    bot = s.get(Bot, order_id) if isinstance(order_id, str) else None
+    return bot, (s.get(Customer, bot.customer_id) if bot else None)
+
+
+def _checkout_completed(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcome:
+    bot, owner = _order(s, obj)
+    ref = str(obj.get("client_reference_id") or "")
+    alert = {"session": obj.get("id"), "order": (obj.get("metadata") or {}).get("order_id")}
+    if bot is None or owner is None:
+        return [Effect("ops_alert", detail={**alert, "why": "payment for an unknown order"})], (
+            "rejected: unknown order"
+        )
+    if ref != str(owner.telegram_id):
+        why = "payment names an order of another customer"
+        return [Effect("ops_alert", bot_id=bot.id, detail={**alert, "why": why})], (
+            f"rejected: {why}"
+        )
+    if obj.get("payment_status") not in ("paid", "no_payment_required"):
+        return [], f"ignored: payment_status {obj.get('payment_status')}"
+    if not _move(s, bot, BotStatus.awaiting_payment, BotStatus.awaiting_token, "hosting paid"):
+        s.refresh(bot)
+        why = f"a payment for order {bot.id}, which is {bot.status}: refund it"
+        return [Effect("ops_alert", bot_id=bot.id, detail={**alert, "why": why})], why
+    bot.stripe_customer_id = obj.get("customer")
+    bot.stripe_subscription_id = obj.get("subscription")
+    bot.paid_until = max(bot.paid_until or utcnow(), utcnow() + FIRST_PERIOD)
+    s.add(bot)
+    return [Effect("ask_token", telegram_id=owner.telegram_id, bot_id=bot.id)], "applied"
+
+
+def _by_subscription(
+    s: Session, sub: Any, metadata: dict[str, Any] | None
+) -> tuple[Bot | None, Customer | None]:
+    bot = None
+    if isinstance(sub, str):
+        bot = s.exec(select(Bot).where(Bot.stripe_subscription_id == sub)).first()
+    if bot is None:  # an invoice may arrive before checkout.session.completed
+        bot, _ = _order(s, {"metadata": metadata or {}})
+    return bot, (s.get(Customer, bot.customer_id) if bot else None)
+
+
+def _invoice_subscription(obj: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """(subscription id, its metadata) of an invoice, in old and new API shapes."""
+    details = obj.get("subscription_details") or (
+        (obj.get("parent") or {}).get("subscription_details") or {}
+    )
+    return obj.get("subscription") or details.get("subscription"), details.get("metadata")
+
+
+def _invoice_paid(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcome:
+    bot, owner = _by_subscription(s, *_invoice_subscription(obj))
+    if bot is None or owner is None:
+        return [], "ignored: no bot for this subscription"
+    lines = ((obj.get("lines") or {}).get("data")) or [{}]
+    end = (lines[0].get("period") or {}).get("end")
+    if isinstance(end, int):
+        until = datetime.fromtimestamp(end, UTC)
+        bot.paid_until = max(bot.paid_until or until, until)
+        s.add(bot)
+    effect = Effect("renewed", owner.telegram_id, bot.id, {"paid_until": bot.paid_until})
+    return [effect], "applied"
+
+
+def _payment_failed(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcome:
+    bot, owner = _by_subscription(s, *_invoice_subscription(obj))
+    if bot is None or owner is None:
+        return [], "ignored: no bot for this subscription"
+    effect = Effect("payment_failed", owner.telegram_id, bot.id, {"paid_until": bot.paid_until})
+    return [effect], "applied"
+
+
+def _subscription_deleted(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcome:
+    bot, owner = _by_subscription(s, obj.get("id"), obj.get("metadata"))
+    if bot is None or owner is None:
+        return [], "ignored: no bot for this subscription"
+    effect = Effect("subscription_ended", owner.telegram_id, bot.id, {"paid_until": bot.paid_until})
+    return [effect], "applied"
+
+
+def _ops(why: str) -> Handler:
+    def handle(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcome:
+        detail = {"why": why, "object": obj.get("id"), "amount": obj.get("amount")}
+        return [Effect("ops_alert", detail=detail)], "reported"
+
+    return handle
+
+
+def _move(s: Session, bot: Bot, frm: BotStatus, to: BotStatus, reason: str) -> bool:
+    """Compare-and-set status change inside the caller's transaction (committed with
+    the event row); False if the bot is no longer `frm` (someone acted meanwhile)."""
+    moved = s.execute(
+        update(Bot)
+        .where(col(Bot.id) == bot.id, col(Bot.status) == frm)
+        .values(status=to, status_reason=reason, updated_at=utcnow())
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    s.add(BotEvent(bot_id=bot.id, from_status=frm, to_status=to, actor="stripe", reason=reason))
+    return True
+
+
+_HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": _checkout_completed,
+    "invoice.paid": _invoice_paid,
+    "invoice.payment_failed": _payment_failed,
+    "customer.subscription.deleted": _subscription_deleted,
+    "charge.refunded": _ops("a charge was refunded"),
+    "charge.dispute.created": _ops("a payment is disputed"),
+}
