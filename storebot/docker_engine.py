@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -24,6 +27,7 @@ from storebot.errors import DockerUnavailable, EngineError, ImageMissing
 
 T = TypeVar("T")
 SPEC_HASH_LABEL = "storebot.spec-hash"
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class DockerEngine:
         # Built lazily (and rebuilt after a failure) so a daemon that comes back is used.
         with self._lock:
             if self._client is None:
+                _probe(self._base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET)
                 if self._base_url:
                     self._client = docker.DockerClient(
                         base_url=self._base_url, version="auto", timeout=self._timeout
@@ -219,6 +224,21 @@ class DockerEngine:
             return raw.decode(errors="replace")
 
         return await self._run(logs)
+
+
+def _probe(base_url: str) -> None:
+    """Connect once to the daemon's socket (and close it) before docker-py does: its
+    constructor leaks a socket when the daemon is down."""
+    url = urlsplit(base_url)
+    try:
+        if url.scheme in ("unix", "http+unix"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(url.path)
+        elif url.scheme in ("tcp", "http", "https") and url.hostname:
+            socket.create_connection((url.hostname, url.port or 2375), timeout=5).close()
+    except OSError as exc:
+        raise requests.ConnectionError(str(exc)) from None
 
 
 def _await_network(d: docker.DockerClient, name: str) -> Any:
