@@ -21,9 +21,11 @@ from sqlmodel import Session, col, select
 from storebot import bot_files
 from storebot.container_spec import Limits
 from storebot.errors import (
+    BotNotFound,
     DeployInProgress,
     EngineError,
     ImageMissing,
+    InvalidTransition,
     StorebotError,
     TokenAlreadyHosted,
 )
@@ -67,14 +69,24 @@ async def deploy(
     plan: str = "standard",
     actor: str,
     progress: Progress = _quiet,
+    order_id: str | None = None,
 ) -> DeployResult:
+    """Deploy `token` for its owner: as a new bot (admin), or into the paid order
+    `order_id` (the management bot), whose plan and limits were fixed at checkout."""
     token = token.strip()
     tg_bot_id = check_token_format(token)
-    limits = plan_limits(h.settings, plan)
+    limits = plan_limits(h.settings, plan) if order_id is None else None
+    if order_id is not None:
+        with h.session() as session:
+            _check_order(h, session, order_id, owner_telegram_id)
     await progress("checking the token with Telegram")
     me = await _precheck(h, token)
     with h.session() as session:
-        bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, limits, actor)
+        if limits is None:
+            assert order_id is not None
+            bot = _claim_order(h, session, order_id, tg_bot_id, owner_telegram_id, actor)
+        else:
+            bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, limits, actor)
         await progress(f"preparing bot {bot.id} (@{me.username})")
         gateway_token = _provision(h, session, bot, token, me, owner_telegram_id, actor)
         try:
@@ -165,6 +177,73 @@ def _claim(
             "this token is being deployed right now by another request; "
             "wait for it to finish (`storebot admin list`)"
         ) from None
+    return bot
+
+
+ORDER_READY = (BotStatus.awaiting_token, BotStatus.failed)
+
+
+def _check_order(h: Hosting, session: Session, order_id: str, owner: int) -> Bot:
+    """The owner's paid order, ready for a token; a clear refusal otherwise."""
+    bot = session.get(Bot, order_id)
+    customer = session.get(Customer, bot.customer_id) if bot else None
+    if bot is None or customer is None or customer.telegram_id != owner:
+        raise BotNotFound(f"no order {order_id!r} of yours; start again with /newbot")
+    if bot.status is BotStatus.awaiting_payment:
+        raise InvalidTransition(
+            "this order is not paid yet: finish the payment first, then send the token"
+        )
+    if bot.status not in ORDER_READY:
+        raise InvalidTransition(f"this order's bot is already {bot.status}")
+    return bot
+
+
+def _claim_order(
+    h: Hosting, session: Session, order_id: str, tg_bot_id: int, owner: int, actor: str
+) -> Bot:
+    """Move the paid order to `deploying` with this token claimed (compare-and-set)."""
+    bot = _check_order(h, session, order_id, owner)
+    holder = session.exec(select(Bot).where(Bot.token_claim == tg_bot_id)).first()
+    if holder is not None and holder.id != bot.id:
+        customer = session.get(Customer, holder.customer_id)
+        if customer is None or customer.telegram_id != owner:
+            raise TokenAlreadyHosted(
+                "this Telegram bot is already hosted here for another customer; "
+                "create a new bot with @BotFather and send its token"
+            )
+        raise TokenAlreadyHosted(
+            f"this token already runs as your bot {holder.id}; "
+            "create a new bot with @BotFather for this order"
+        )
+    before = bot.status
+    try:
+        moved = session.execute(
+            update(Bot)
+            .where(col(Bot.id) == bot.id, col(Bot.status) == before)
+            .values(
+                status=BotStatus.deploying,
+                updated_at=utcnow(),
+                token_claim=tg_bot_id,
+                telegram_bot_id=tg_bot_id,
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    except IntegrityError:  # the token was claimed a moment ago by another order
+        session.rollback()
+        raise TokenAlreadyHosted("this Telegram bot was just taken by another order") from None
+    if moved != 1:
+        session.rollback()
+        raise DeployInProgress(f"bot {bot.id} is being deployed right now")
+    session.add(
+        BotEvent(
+            bot_id=bot.id,
+            from_status=before,
+            to_status=BotStatus.deploying,
+            actor=actor,
+            reason="token received",
+        )
+    )
+    session.commit()
+    session.refresh(bot)
     return bot
 
 
