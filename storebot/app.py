@@ -1,12 +1,14 @@
-"""Composition root: the only place that builds the real adapters.
+"""Composition root of the shared services: the only place that builds real adapters.
 
-settings -> database -> Docker / Telegram / HTTP clients -> Hosting. Tests build the
-same `Hosting` with settings that point at fakes and test services.
+settings -> database -> Docker / Telegram / HTTP clients -> Hosting; Stripe. The
+management bot is composed on top of these in `storebot.runner`. Tests build the
+same objects with settings that point at fakes and test services.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -14,9 +16,11 @@ from storebot.db import make_engine
 from storebot.docker_engine import DockerEngine
 from storebot.hosting import Hosting
 from storebot.settings import Settings
-from storebot.stripe_gateway import StripeGateway
 from storebot.telegram_api import BotApi
 from storebot.tokens import TokenBox
+
+if TYPE_CHECKING:
+    from storebot.stripe_gateway import StripeGateway
 
 
 def build_hosting(settings: Settings) -> Hosting:
@@ -34,5 +38,7 @@ def build_hosting(settings: Settings) -> Hosting:
 
 
 def build_payments(settings: Settings) -> StripeGateway:
+    from storebot.stripe_gateway import StripeGateway  # stripe: not for the admin CLI
+
     secret_key, webhook_secret = settings.stripe_keys()
     return StripeGateway(secret_key, webhook_secret, settings.STRIPE_API_BASE, settings.CURRENCY)

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", help="create or upgrade the database schema")
+    sub.add_parser("run", help="run the management bot and the web app (Stripe webhook, /healthz)")
     sub.add_parser(
         "check",
         help="check settings, Docker, the nullclawd image and the database; say what to fix",
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate()
         if args.command == "check":
             return asyncio.run(_check())
+        if args.command == "run":
+            return _run()
         return asyncio.run(_admin(args))
     except StorebotError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -103,6 +106,22 @@ def _migrate() -> int:
     settings = load_settings()
     migrate(settings.DATABASE_URL)
     print("database is up to date")
+    return 0
+
+
+def _run() -> int:
+    import logging
+
+    from storebot.db import migrate
+    from storebot.runner import run
+    from storebot.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+    settings.bot_token()
+    settings.stripe_keys()
+    migrate(settings.DATABASE_URL)
+    asyncio.run(run(settings))
     return 0
 
 

@@ -121,6 +121,38 @@ async def start_hosting_order(
         return Order(bot_id=bot.id, plan=plan.name, checkout_url=link.url)
 
 
+def paid_order_awaiting_token(h: Hosting, telegram_id: int) -> Bot | None:
+    """The customer's paid order that waits for a token (or whose deploy failed)."""
+    with h.session() as s:
+        found = bots_in(s, telegram_id, BotStatus.awaiting_token, BotStatus.failed)
+        return next((b for b in found if b.paid_until is not None), None)
+
+
+def unpaid_order(h: Hosting, telegram_id: int) -> Bot | None:
+    with h.session() as s:
+        found = bots_in(s, telegram_id, BotStatus.awaiting_payment)
+        return found[0] if found else None
+
+
+async def cancel_unpaid_order(h: Hosting, gw: StripeGateway, telegram_id: int) -> bool:
+    """Close the customer's unpaid order and its payment page; False if there is none."""
+    with h.session() as s:
+        found = bots_in(s, telegram_id, BotStatus.awaiting_payment)
+        if not found:
+            return False
+        bot = found[0]
+        if bot.checkout_session_id:
+            await gw.expire_checkout(bot.checkout_session_id)
+        h.transition(
+            s,
+            bot,
+            BotStatus.destroyed,
+            actor=f"telegram:{telegram_id}",
+            reason="order cancelled by the customer",
+        )
+        return True
+
+
 def apply_event(h: Hosting, event: dict[str, Any]) -> list[Effect]:
     """Apply one verified Stripe event exactly once; [] if it was applied before."""
     with h.session() as s:

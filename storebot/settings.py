@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     STOREBOT_INSTANCE: str = "default"
     DOCKER_HOST: str | None = None
 
+    # The management bot (`storebot run`; the admin CLI needs none of these)
+    STOREBOT_BOT_TOKEN: SecretStr | None = None
+    OPS_CHAT_ID: int | None = None
+    WEB_HOST: str = "127.0.0.1"
+    WEB_PORT: int = Field(default=8080, gt=0, lt=65536)
+    THROTTLE_PER_MINUTE: int = Field(default=30, gt=0)
+
     # Plans and payments (Stripe is needed to sell, not by the admin CLI)
     PLANS_FILE: Path | None = None
     CURRENCY: str = Field(default="usd", pattern=r"^[a-z]{3}$")
@@ -116,12 +123,12 @@ class Settings(BaseSettings):
         _refuse_placeholder(value.get_secret_value())
         return value
 
-    @field_validator("PLANS_FILE", "DOCKER_HOST", mode="before")
+    @field_validator("PLANS_FILE", "DOCKER_HOST", "OPS_CHAT_ID", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
+    @field_validator("STOREBOT_BOT_TOKEN", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
     @classmethod
     def _optional_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
@@ -211,6 +218,15 @@ class Settings(BaseSettings):
         return self
 
     # Derived values
+    def bot_token(self) -> str:
+        """The management bot's own token, or SettingsError saying how to get one."""
+        if self.STOREBOT_BOT_TOKEN is None:
+            raise SettingsError(
+                "storebot run needs STOREBOT_BOT_TOKEN: the token of the management bot, "
+                "from @BotFather"
+            )
+        return self.STOREBOT_BOT_TOKEN.get_secret_value()
+
     def stripe_keys(self) -> tuple[str, str]:
         """The Stripe secret key and webhook secret, or SettingsError naming what is missing."""
         key, hook = self.STRIPE_SECRET_KEY, self.STRIPE_WEBHOOK_SECRET

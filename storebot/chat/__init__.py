@@ -1,0 +1,1 @@
+"""The management bot: aiogram routers, texts and keyboards (no business rules here)."""

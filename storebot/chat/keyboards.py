@@ -1,0 +1,53 @@
+"""Typed callback data and the inline keyboards that carry it."""
+
+from __future__ import annotations
+
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import InlineKeyboardMarkup
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+
+from storebot.plans import Plan, format_price
+
+
+class PlanChosen(CallbackData, prefix="plan"):
+    name: str
+
+
+class TermsAccepted(CallbackData, prefix="terms"):
+    plan: str
+
+
+class Menu(CallbackData, prefix="menu"):
+    action: str  # newbot | mybots | help
+
+
+def menu() -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text="Create my assistant", callback_data=Menu(action="newbot"))
+    kb.button(text="My bots", callback_data=Menu(action="mybots"))
+    kb.button(text="Help", callback_data=Menu(action="help"))
+    kb.adjust(1)
+    return kb.as_markup()
+
+
+def plans(options: list[Plan], currency: str) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    for p in options:
+        kb.button(
+            text=f"{p.title}: {format_price(p.price_cents, currency)}/month",
+            callback_data=PlanChosen(name=p.name),
+        )
+    kb.adjust(1)
+    return kb.as_markup()
+
+
+def accept_terms(plan: str) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text="I accept", callback_data=TermsAccepted(plan=plan))
+    return kb.as_markup()
+
+
+def pay(url: str) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text="Pay with Stripe", url=url)
+    return kb.as_markup()

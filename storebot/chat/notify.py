@@ -1,0 +1,47 @@
+"""Tells people what a payment event changed (after it is committed)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot
+
+from storebot.chat import texts
+from storebot.orders import Effect
+from storebot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def render(effect: Effect, settings: Settings) -> tuple[int | None, str]:
+    """(chat id, text) for one effect; chat None means nobody to tell."""
+    until = effect.detail.get("paid_until")
+    day = f"{until:%Y-%m-%d}" if until else "the end of the paid period"
+    support = settings.SUPPORT_EMAIL
+    match effect.kind:
+        case "ask_token":
+            return effect.telegram_id, texts.ask_token(support)
+        case "renewed":
+            return effect.telegram_id, f"Hosting of bot {effect.bot_id} renewed until {day}."
+        case "payment_failed":
+            return effect.telegram_id, (
+                f"The renewal payment for bot {effect.bot_id} failed. Update your card in the "
+                f"Stripe e-mail; the bot keeps running until {day}."
+            )
+        case "subscription_ended":
+            return effect.telegram_id, (
+                f"The hosting subscription of bot {effect.bot_id} has ended; the bot stops "
+                f"after {day}. Questions: {support}"
+            )
+        case "ops_alert":
+            return settings.OPS_CHAT_ID, f"Payment alert: {effect.detail}"
+    return None, ""
+
+
+async def send_effects(bot: Bot, settings: Settings, effects: list[Effect]) -> None:
+    for effect in effects:
+        chat, text = render(effect, settings)
+        if chat is None:
+            log.warning("no chat for effect %s: %s", effect.kind, effect.detail)
+            continue
+        await bot.send_message(chat, text)

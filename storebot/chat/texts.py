@@ -1,0 +1,83 @@
+"""Everything the management bot says, in one place (plain text, no markup)."""
+
+from __future__ import annotations
+
+from storebot.deploy import DeployResult
+from storebot.plans import Plan, format_price
+
+DEFAULT_TERMS = (
+    "Terms of service\n\n"
+    "- We may suspend or delete a bot suspected of abuse.\n"
+    "- A bot's data may be removed when it is destroyed or its hosting ends.\n"
+    "- LLM usage is prepaid and pauses when the balance reaches zero.\n"
+    "- Hosting renews monthly until you cancel."
+)
+
+
+def welcome(cheapest: Plan, currency: str) -> str:
+    return (
+        "Welcome! I create and run your own AI assistant on Telegram.\n\n"
+        f"Hosting starts at {format_price(cheapest.price_cents, currency)} a month; "
+        "LLM usage is prepaid separately.\n\n"
+        "Tap 'Create my assistant' to start."
+    )
+
+
+HELP = (
+    "How it works:\n"
+    "1. /newbot: choose a plan and pay.\n"
+    "2. Create a bot with @BotFather and send me its token.\n"
+    "3. I start your assistant; only you can talk to it.\n\n"
+    "/mybots shows your bots. /cancel stops what you are doing."
+)
+
+CHOOSE_PLAN = "Choose a plan:"
+PAY = (
+    "Almost there. Pay with the button below; I will ask for your bot's token as soon "
+    "as the payment arrives."
+)
+PAY_FIRST = "Your order is not paid yet. Use the payment button above, then send the token."
+CANCELLED = "Cancelled. Nothing was charged. Send /newbot to start again."
+NOTHING_TO_CANCEL = "There is nothing to cancel."
+PAID_CANNOT_CANCEL = (
+    "Your order is paid and waits for a token, so I keep it. Send the token whenever you "
+    "are ready; to stop the subscription, contact support."
+)
+SLOW_DOWN = "Slow down a little, please: I will answer in a moment."
+NOT_A_TOKEN = (
+    "I was expecting your bot's token, as text. It looks like 123456789:AAH... "
+    "Get it from @BotFather (/newbot there, or /token for an existing bot)."
+)
+
+
+def ask_token(support: str) -> str:
+    return (
+        "Payment received, thank you!\n\n"
+        "Now create your Telegram bot:\n"
+        "1. Open @BotFather and send /newbot.\n"
+        "2. Choose a name and a username ending in 'bot'.\n"
+        "3. BotFather answers with a token like 123456789:AAH...; send it to me here.\n\n"
+        f"Questions: {support}"
+    )
+
+
+def progress(step: str) -> str:
+    return f"Setting up your assistant...\n- {step}"
+
+
+def ready(result: DeployResult, support: str) -> str:
+    return (
+        f"Your assistant is live: t.me/{result.telegram_username}\n\n"
+        f"Gateway URL: {result.url}\n"
+        f"Gateway token: {result.gateway_token}\n"
+        "Store this token now: it is shown only this once.\n\n"
+        "Next: open your bot and send /start. Only you can talk to it.\n"
+        f"Support: {support}"
+    )
+
+
+def deploy_failed(reason: str, support: str) -> str:
+    return (
+        f"I could not start your assistant: {reason}\n\n"
+        f"Your order stays paid: send the token again to retry, or write to {support}."
+    )

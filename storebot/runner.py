@@ -1,0 +1,102 @@
+"""`storebot run`: the management bot, the web app (Stripe webhook, /healthz), one process.
+
+Composition root of the running service: settings -> shared services
+(`storebot.app`) -> aiogram Bot and Dispatcher -> web app -> run until SIGTERM ->
+close everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import BotCommand
+from aiohttp import web
+
+from storebot.app import build_hosting, build_payments
+from storebot.chat.handlers import make_router
+from storebot.chat.notify import send_effects
+from storebot.chat.throttle import Throttle
+from storebot.hosting import Hosting
+from storebot.orders import Effect
+from storebot.settings import Settings
+from storebot.stripe_gateway import StripeGateway
+from storebot.web import build_web_app
+
+log = logging.getLogger(__name__)
+COMMANDS = [
+    BotCommand(command="start", description="Welcome and menu"),
+    BotCommand(command="newbot", description="Create an assistant"),
+    BotCommand(command="mybots", description="Your assistants"),
+    BotCommand(command="help", description="How it works"),
+    BotCommand(command="cancel", description="Stop what you are doing"),
+]
+
+
+@dataclass
+class Management:
+    """Everything `storebot run` runs, built and wired, not started."""
+
+    settings: Settings
+    hosting: Hosting
+    payments: StripeGateway
+    bot: Bot
+    dispatcher: Dispatcher
+    web: web.Application
+
+    async def aclose(self) -> None:
+        await self.bot.session.close()
+        await self.payments.aclose()
+        await self.hosting.aclose()
+
+
+def build_management(settings: Settings) -> Management:
+    hosting, payments = build_hosting(settings), build_payments(settings)
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.TELEGRAM_API_BASE))
+    bot = Bot(settings.bot_token(), session=session)
+    dp = Dispatcher(hosting=hosting, payments=payments)
+    throttle = Throttle(settings.THROTTLE_PER_MINUTE)
+    dp.message.outer_middleware(throttle)
+    dp.callback_query.outer_middleware(throttle)
+    dp.include_router(make_router())
+
+    async def on_effects(effects: list[Effect]) -> None:
+        await send_effects(bot, settings, effects)
+
+    return Management(
+        settings, hosting, payments, bot, dp, build_web_app(hosting, payments, on_effects)
+    )
+
+
+async def serve(m: Management, stop: asyncio.Event) -> None:
+    """Run polling and the web app until `stop` is set, then shut down cleanly."""
+    runner = web.AppRunner(m.web)
+    await runner.setup()
+    site = web.TCPSite(runner, m.settings.WEB_HOST, m.settings.WEB_PORT)
+    await site.start()
+    await m.bot.set_my_commands(COMMANDS)
+    polling = asyncio.create_task(m.dispatcher.start_polling(m.bot, handle_signals=False))
+    log.info("storebot running: web on %s:%s", m.settings.WEB_HOST, m.settings.WEB_PORT)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(RuntimeError):  # polling may not have started yet
+            await m.dispatcher.stop_polling()
+        await polling
+        await runner.cleanup()
+        await m.aclose()
+
+
+async def run(settings: Settings) -> None:
+    m = build_management(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(m, stop)
