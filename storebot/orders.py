@@ -128,6 +128,39 @@ def paid_order_awaiting_token(h: Hosting, telegram_id: int) -> Bot | None:
         return next((b for b in found if b.paid_until is not None), None)
 
 
+DOCKER_DOWN = "Docker is not reachable"  # how DockerUnavailable messages begin
+
+
+def queue_token(h: Hosting, order_id: str, token: str) -> None:
+    """Keep the token (encrypted) on the paid order so a job deploys it once Docker is
+    back, even after a restart."""
+    with h.session() as s:
+        bot = s.get(Bot, order_id)
+        if bot is not None and bot.status in (BotStatus.awaiting_token, BotStatus.failed):
+            bot.token_encrypted = h.tokens.seal(token)
+            bot.status_reason = f"{DOCKER_DOWN}: deploy queued"
+            s.add(bot)
+            s.commit()
+
+
+def queued_deploys(h: Hosting) -> list[tuple[str, int, str]]:
+    """(order id, owner, token) of paid orders waiting for Docker to come back."""
+    with h.session() as s:
+        stmt = (
+            select(Bot, Customer)
+            .join(Customer, col(Customer.id) == col(Bot.customer_id))
+            .where(
+                col(Bot.status).in_((BotStatus.awaiting_token, BotStatus.failed)),
+                col(Bot.paid_until).is_not(None),
+                col(Bot.token_encrypted).is_not(None),
+                col(Bot.status_reason).startswith(DOCKER_DOWN),
+            )
+        )
+        return [
+            (b.id, c.telegram_id, h.tokens.open(b.token_encrypted or "")) for b, c in s.exec(stmt)
+        ]
+
+
 def unpaid_order(h: Hosting, telegram_id: int) -> Bot | None:
     with h.session() as s:
         found = bots_in(s, telegram_id, BotStatus.awaiting_payment)

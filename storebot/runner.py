@@ -1,4 +1,5 @@
-"""`storebot run`: the management bot, the web app (Stripe webhook, /healthz), one process.
+"""`storebot run`: the management bot, the web app (Stripe webhook, /healthz) and the
+scheduled jobs, in one process.
 
 Composition root of the running service: settings -> shared services
 (`storebot.app`) -> aiogram Bot and Dispatcher -> web app -> run until SIGTERM ->
@@ -24,6 +25,7 @@ from storebot.chat.handlers import make_router
 from storebot.chat.notify import send_effects
 from storebot.chat.throttle import Throttle
 from storebot.hosting import Hosting
+from storebot.jobs import OnEffects, resume_renewed, start_jobs
 from storebot.orders import Effect
 from storebot.settings import Settings
 from storebot.stripe_gateway import StripeGateway
@@ -49,6 +51,7 @@ class Management:
     bot: Bot
     dispatcher: Dispatcher
     web: web.Application
+    on_effects: OnEffects
 
     async def aclose(self) -> None:
         await self.bot.session.close()
@@ -68,10 +71,12 @@ def build_management(settings: Settings) -> Management:
 
     async def on_effects(effects: list[Effect]) -> None:
         await send_effects(bot, settings, effects)
+        resumed = await resume_renewed(hosting, effects)
+        if resumed:
+            await send_effects(bot, settings, resumed)
 
-    return Management(
-        settings, hosting, payments, bot, dp, build_web_app(hosting, payments, on_effects)
-    )
+    app = build_web_app(hosting, payments, on_effects)
+    return Management(settings, hosting, payments, bot, dp, app, on_effects)
 
 
 async def serve(m: Management, stop: asyncio.Event) -> None:
@@ -82,10 +87,12 @@ async def serve(m: Management, stop: asyncio.Event) -> None:
     await site.start()
     await m.bot.set_my_commands(COMMANDS)
     polling = asyncio.create_task(m.dispatcher.start_polling(m.bot, handle_signals=False))
+    scheduler = start_jobs(m.hosting, m.on_effects)
     log.info("storebot running: web on %s:%s", m.settings.WEB_HOST, m.settings.WEB_PORT)
     try:
         await stop.wait()
     finally:
+        scheduler.shutdown(wait=False)
         with contextlib.suppress(RuntimeError):  # polling may not have started yet
             await m.dispatcher.stop_polling()
         await polling

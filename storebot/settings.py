@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     WEB_HOST: str = "127.0.0.1"
     WEB_PORT: int = Field(default=8080, gt=0, lt=65536)
     THROTTLE_PER_MINUTE: int = Field(default=30, gt=0)
+    RENEWAL_GRACE_DAYS: float = Field(default=3, ge=0)
+    JOBS_INTERVAL_SECONDS: float = Field(default=60, gt=0)
 
     # Plans and payments (Stripe is needed to sell, not by the admin CLI)
     PLANS_FILE: Path | None = None

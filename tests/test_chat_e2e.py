@@ -8,17 +8,12 @@ is asked for the token again and never charged twice.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import httpx
 import pytest
 
 from storebot.chat import keyboards as kb
-from storebot.runner import build_management, serve
 from storebot.settings import Settings
+from tests.chat_helpers import Chat, buttons, storebot
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import Services, free_port
@@ -26,32 +21,6 @@ from tests.harness import Services, free_port
 pytestmark = [pytest.mark.docker, pytest.mark.traefik]
 KEY, HOOK = "sk_test_chat0123456789", "whsec_chat"
 ALICE = 5550401
-
-
-@asynccontextmanager
-async def storebot(settings: Settings) -> AsyncIterator[str]:
-    """Run `storebot run`'s service in this loop; yields the webhook URL."""
-    m = build_management(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(m, stop))
-    url = f"http://{settings.WEB_HOST}:{settings.WEB_PORT}"
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                if (await client.get(f"{url}/healthz")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
-    try:
-        yield f"{url}/stripe/webhook"
-    finally:
-        stop.set()
-        await task
-
-
-def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = (message.get("reply_markup") or {}).get("inline_keyboard") or []
-    return [b for row in rows for b in row]
 
 
 async def test_customer_from_start_to_running_assistant(
@@ -71,16 +40,8 @@ async def test_customer_from_start_to_running_assistant(
         )
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
         T = shop.token
-        seen = 0
-
-        async def says(snippet: str) -> dict[str, Any]:
-            nonlocal seen
-            msg = await telegram.await_message(T, ALICE, snippet, since=seen, timeout=30)
-            seen = len(telegram.sent(T, ALICE))
-            return msg
-
-        def press(msg: dict[str, Any], data: Any) -> str:
-            return telegram.press_button(T, ALICE, msg["message_id"], data.pack())
+        alice = Chat(telegram, T, ALICE)
+        says, press = alice.says, alice.press
 
         async with storebot(settings) as webhook:
             assert {c["command"] for c in telegram.commands(T)} >= {"start", "newbot", "cancel"}

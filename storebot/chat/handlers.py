@@ -15,7 +15,8 @@ from aiogram.types import CallbackQuery, Message
 from storebot import deploy, orders
 from storebot.chat import keyboards as kb
 from storebot.chat import texts
-from storebot.errors import StorebotError, TokenError
+from storebot.chat.notify import send_effects
+from storebot.errors import DockerUnavailable, StorebotError, TokenError
 from storebot.hosting import Hosting
 from storebot.plans import load_plans
 from storebot.stripe_gateway import StripeGateway
@@ -133,6 +134,10 @@ async def token(message: Message, hosting: Hosting, bot: Bot) -> None:
         )
     except TokenError as exc:
         await status.edit_text(f"{exc}\n\nSend the token again when you have it.")
+    except DockerUnavailable:
+        orders.queue_token(hosting, order.id, raw)
+        await status.edit_text(texts.QUEUED)
+        await send_effects(bot, hosting.settings, [orders.Effect("docker_down", bot_id=order.id)])
     except StorebotError as exc:
         await status.edit_text(texts.deploy_failed(str(exc).split("\n")[0], support))
     else:

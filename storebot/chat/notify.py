@@ -33,6 +33,23 @@ def render(effect: Effect, settings: Settings) -> tuple[int | None, str]:
                 f"The hosting subscription of bot {effect.bot_id} has ended; the bot stops "
                 f"after {day}. Questions: {support}"
             )
+        case "hosting_expired":
+            return effect.telegram_id, (
+                f"Your hosting of bot {effect.bot_id} ended on {day}, so the bot is suspended. "
+                "Pay the open invoice from Stripe's e-mail (or update your card) and it "
+                f"starts again by itself. Questions: {support}"
+            )
+        case "resumed":
+            return effect.telegram_id, f"Thank you! Bot {effect.bot_id} is running again."
+        case "deployed":
+            return effect.telegram_id, texts.ready(effect.detail["result"], support)
+        case "deploy_failed":
+            return effect.telegram_id, texts.deploy_failed(effect.detail["why"], support)
+        case "docker_down":
+            return settings.OPS_CHAT_ID, (
+                f"Docker is unreachable: the deploy of order {effect.bot_id} is queued and "
+                "retried by the scheduler. Check the Docker daemon."
+            )
         case "ops_alert":
             return settings.OPS_CHAT_ID, f"Payment alert: {effect.detail}"
     return None, ""

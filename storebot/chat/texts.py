@@ -76,6 +76,12 @@ def ready(result: DeployResult, support: str) -> str:
     )
 
 
+QUEUED = (
+    "Our servers are busy right now, so I could not start your assistant yet. I keep "
+    "your token and retry by myself; you get a message as soon as it is live."
+)
+
+
 def deploy_failed(reason: str, support: str) -> str:
     return (
         f"I could not start your assistant: {reason}\n\n"

@@ -1,0 +1,65 @@
+"""Running storebot's service in the test's loop, and a customer who talks to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from storebot.runner import build_management, serve
+from storebot.settings import Settings
+from tests.fakes.telegram import FakeTelegram
+
+
+@asynccontextmanager
+async def storebot(settings: Settings) -> AsyncIterator[str]:
+    """Run `storebot run`'s service in this loop; yields the Stripe webhook URL."""
+    m = build_management(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(m, stop))
+    url = f"http://{settings.WEB_HOST}:{settings.WEB_PORT}"
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            try:
+                if (await client.get(f"{url}/healthz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+    try:
+        yield f"{url}/stripe/webhook"
+    finally:
+        stop.set()
+        await task
+
+
+class Chat:
+    """One customer's chat with the management bot, through the Telegram fake."""
+
+    def __init__(self, telegram: FakeTelegram, shop_token: str, user_id: int) -> None:
+        self.tg, self.token, self.user = telegram, shop_token, user_id
+        self.seen = 0
+
+    def send(self, text: str) -> dict[str, Any]:
+        return self.tg.send_text(self.token, self.user, text)
+
+    def press(self, message: dict[str, Any], data: Any) -> str:
+        return self.tg.press_button(self.token, self.user, message["message_id"], data.pack())
+
+    async def says(self, snippet: str, timeout: float = 30) -> dict[str, Any]:
+        """The next thing the bot says (or edits) that contains `snippet`."""
+        msg = await self.tg.await_message(
+            self.token, self.user, snippet, since=self.seen, timeout=timeout
+        )
+        self.seen = len(self.tg.sent(self.token, self.user))
+        return msg
+
+    def transcript(self) -> list[str]:
+        return self.tg.sent(self.token, self.user)
+
+
+def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = (message.get("reply_markup") or {}).get("inline_keyboard") or []
+    return [b for row in rows for b in row]

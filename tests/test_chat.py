@@ -1,0 +1,113 @@
+"""The management bot's conversation without deploying: cancel, repeats, floods."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from storebot.chat import keyboards as kb
+from storebot.chat.throttle import Throttle
+from storebot.settings import Settings
+from tests.chat_helpers import Chat, storebot
+from tests.conftest import base_env
+from tests.fakes.stripe import FakeStripe
+from tests.fakes.telegram import FakeTelegram
+from tests.harness import free_port
+
+KEY, HOOK = "sk_test_chatonly0123456789", "whsec_chatonly"
+
+
+@dataclass
+class Shop:
+    telegram: FakeTelegram
+    stripe: FakeStripe
+    token: str
+    webhook: str
+
+    def chat(self, user: int) -> Chat:
+        return Chat(self.telegram, self.token, user)
+
+    async def reach_payment(self, chat: Chat) -> dict:  # type: ignore[type-arg]
+        chat.send("/newbot")
+        plans = await chat.says("Choose a plan")
+        chat.press(plans, kb.PlanChosen(name="standard"))
+        terms = await chat.says("Terms of service")
+        chat.press(terms, kb.TermsAccepted(plan="standard"))
+        return await chat.says("Pay with the button below")
+
+
+@pytest.fixture
+async def shop(migrated_db: str, telegram: FakeTelegram, tmp_path: object) -> AsyncIterator[Shop]:
+    shop_bot = telegram.add_bot()
+    with FakeStripe(api_key=KEY) as stripe:
+        env = base_env(
+            DATABASE_URL=migrated_db,
+            TELEGRAM_API_BASE=telegram.base_url,
+            STOREBOT_BOT_TOKEN=shop_bot.token,
+            STRIPE_SECRET_KEY=KEY,
+            STRIPE_WEBHOOK_SECRET=HOOK,
+            STRIPE_API_BASE=stripe.base_url,
+            WEB_PORT=free_port(),
+            THROTTLE_PER_MINUTE=60,
+            OPS_CHAT_ID=-100777,
+        )
+        async with storebot(Settings(_env_file=None, **env)) as webhook:  # type: ignore[arg-type]
+            yield Shop(telegram, stripe, shop_bot.token, webhook)
+
+
+async def test_cancel_in_every_state(shop: Shop) -> None:
+    chat = shop.chat(5550501)
+    chat.send("/cancel")
+    await chat.says("nothing to cancel")
+    await shop.reach_payment(chat)
+    chat.send("/cancel")
+    await chat.says("Cancelled. Nothing was charged")
+    [session] = shop.stripe.sessions.values()
+    assert session["status"] == "expired"  # the payment page is closed too
+    await shop.reach_payment(chat)
+    paid = [s for s in shop.stripe.sessions.values() if s["status"] == "open"]
+    event = shop.stripe.complete_checkout(paid[0]["id"])
+    assert (await shop.stripe.adeliver(event, shop.webhook, HOOK))[0] == 200
+    await chat.says("Payment received")
+    chat.send("/cancel")
+    await chat.says("Your order is paid and waits for a token")
+
+
+async def test_two_newbot_flows_make_one_order(shop: Shop) -> None:
+    chat = shop.chat(5550502)
+    first = await shop.reach_payment(chat)
+    second = await shop.reach_payment(chat)
+    assert first["message_id"] != second["message_id"]
+    sessions = list(shop.stripe.sessions.values())
+    assert [s["status"] for s in sessions] == ["expired", "open"]
+    assert sessions[0]["metadata"]["order_id"] == sessions[1]["metadata"]["order_id"]
+
+
+async def test_photos_and_text_before_any_order(shop: Shop) -> None:
+    chat = shop.chat(5550503)
+    shop.telegram.send_photo(shop.token, chat.user)
+    await chat.says("How it works")
+    chat.send("123456789:" + "A" * 35)  # a token with no paid order
+    await chat.says("How it works")
+
+
+async def test_flood_gets_one_slow_down(shop: Shop) -> None:
+    chat = shop.chat(5550504)
+    for i in range(40):  # THROTTLE_PER_MINUTE=60: bursts of 15
+        chat.send(f"/help {i}")
+    await chat.says("Slow down")
+    await chat.tg.await_for(lambda: len(chat.transcript()) >= 16, timeout=10)
+    texts = chat.transcript()
+    assert sum("Slow down" in t for t in texts) == 1
+    assert sum("How it works" in t for t in texts) <= 17  # about the burst, not 40 answers
+
+
+def test_throttle_bucket() -> None:
+    t = Throttle(per_minute=60)  # 1/s, bursts of 15
+    results = [t.allow(1, 0.0) for _ in range(17)]
+    assert [ok for ok, _ in results] == [True] * 15 + [False] * 2
+    assert [warn for _, warn in results] == [False] * 15 + [True, False]  # warned once
+    assert t.allow(2, 0.0) == (True, False)  # other users are not affected
+    assert t.allow(1, 1.0) == (True, False)  # refilled after a second
