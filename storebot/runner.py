@@ -18,6 +18,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import BotCommand
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
 from storebot.app import build_hosting, build_payments
@@ -32,6 +33,7 @@ from storebot.stripe_gateway import StripeGateway
 from storebot.web import build_web_app
 
 log = logging.getLogger(__name__)
+TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
 COMMANDS = [
     BotCommand(command="start", description="Welcome and menu"),
     BotCommand(command="newbot", description="Create an assistant"),
@@ -59,6 +61,11 @@ class Management:
         await self.hosting.aclose()
 
 
+def _secret(settings: Settings) -> str:
+    assert settings.TELEGRAM_WEBHOOK_SECRET is not None  # checked by Settings
+    return settings.TELEGRAM_WEBHOOK_SECRET.get_secret_value()
+
+
 def build_management(settings: Settings) -> Management:
     hosting, payments = build_hosting(settings), build_payments(settings)
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.TELEGRAM_API_BASE))
@@ -76,6 +83,11 @@ def build_management(settings: Settings) -> Management:
             await send_effects(bot, settings, resumed)
 
     app = build_web_app(hosting, payments, on_effects)
+    if settings.TELEGRAM_MODE == "webhook":
+        # updates arrive as POSTs; aiogram rejects any without Telegram's secret header
+        SimpleRequestHandler(dp, bot, secret_token=_secret(settings)).register(
+            app, path=TELEGRAM_WEBHOOK_PATH
+        )
     return Management(settings, hosting, payments, bot, dp, app, on_effects)
 
 
@@ -86,16 +98,25 @@ async def serve(m: Management, stop: asyncio.Event) -> None:
     site = web.TCPSite(runner, m.settings.WEB_HOST, m.settings.WEB_PORT)
     await site.start()
     await m.bot.set_my_commands(COMMANDS)
-    polling = asyncio.create_task(m.dispatcher.start_polling(m.bot, handle_signals=False))
+    polling = None
+    if m.settings.TELEGRAM_MODE == "webhook":
+        await m.bot.set_webhook(
+            f"{m.settings.PUBLIC_BASE_URL}{TELEGRAM_WEBHOOK_PATH}",
+            secret_token=_secret(m.settings),
+            allowed_updates=m.dispatcher.resolve_used_update_types(),
+        )
+    else:
+        polling = asyncio.create_task(m.dispatcher.start_polling(m.bot, handle_signals=False))
     scheduler = start_jobs(m.hosting, m.on_effects)
     log.info("storebot running: web on %s:%s", m.settings.WEB_HOST, m.settings.WEB_PORT)
     try:
         await stop.wait()
     finally:
         scheduler.shutdown(wait=False)
-        with contextlib.suppress(RuntimeError):  # polling may not have started yet
-            await m.dispatcher.stop_polling()
-        await polling
+        if polling is not None:
+            with contextlib.suppress(RuntimeError):  # polling may not have started yet
+                await m.dispatcher.stop_polling()
+            await polling
         await runner.cleanup()
         await m.aclose()
 

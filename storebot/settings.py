@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     WEB_HOST: str = "127.0.0.1"
     WEB_PORT: int = Field(default=8080, gt=0, lt=65536)
     THROTTLE_PER_MINUTE: int = Field(default=30, gt=0)
+    # polling (default) or webhook: Telegram then POSTs updates to
+    # PUBLIC_BASE_URL/telegram/webhook with TELEGRAM_WEBHOOK_SECRET in a header.
+    TELEGRAM_MODE: Literal["polling", "webhook"] = "polling"
+    TELEGRAM_WEBHOOK_SECRET: SecretStr | None = None
     RENEWAL_GRACE_DAYS: float = Field(default=3, ge=0)
     JOBS_INTERVAL_SECONDS: float = Field(default=60, gt=0)
 
@@ -130,7 +134,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("STOREBOT_BOT_TOKEN", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
+    @field_validator(
+        "STOREBOT_BOT_TOKEN",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "TELEGRAM_WEBHOOK_SECRET",
+    )
     @classmethod
     def _optional_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
@@ -212,6 +221,18 @@ class Settings(BaseSettings):
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
         return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        secret = self.TELEGRAM_WEBHOOK_SECRET
+        if self.TELEGRAM_MODE == "webhook" and (
+            secret is None or not re.match(r"^[A-Za-z0-9_-]{16,256}$", secret.get_secret_value())
+        ):
+            raise ValueError(
+                "TELEGRAM_MODE=webhook needs TELEGRAM_WEBHOOK_SECRET: 16-256 letters, digits, "
+                "'_' or '-' (Telegram sends it back with every update)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _burst_covers_rate(self) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from storebot.chat import keyboards as kb
@@ -111,3 +112,64 @@ def test_throttle_bucket() -> None:
     assert [warn for _, warn in results] == [False] * 15 + [True, False]  # warned once
     assert t.allow(2, 0.0) == (True, False)  # other users are not affected
     assert t.allow(1, 1.0) == (True, False)  # refilled after a second
+
+
+async def test_webhook_mode_takes_only_telegrams_signed_updates(
+    migrated_db: str, telegram: FakeTelegram
+) -> None:
+    shop_bot, secret, user = telegram.add_bot(), "tg-webhook-secret-0123456789", 5550505
+    with FakeStripe(api_key=KEY) as stripe:
+        env = base_env(
+            DATABASE_URL=migrated_db,
+            TELEGRAM_API_BASE=telegram.base_url,
+            STOREBOT_BOT_TOKEN=shop_bot.token,
+            STRIPE_SECRET_KEY=KEY,
+            STRIPE_WEBHOOK_SECRET=HOOK,
+            STRIPE_API_BASE=stripe.base_url,
+            WEB_PORT=free_port(),
+            TELEGRAM_MODE="webhook",
+            TELEGRAM_WEBHOOK_SECRET=secret,
+        )
+        settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
+        async with storebot(settings):
+            [hook] = telegram.calls_for("setWebhook", token=shop_bot.token)
+            assert hook.params["url"] == "https://storebot.test/telegram/webhook"
+            assert hook.params["secret_token"] == secret
+            update = {
+                "update_id": 1,
+                "message": {
+                    "message_id": 1,
+                    "date": 1,
+                    "text": "/help",
+                    "chat": {"id": user, "type": "private"},
+                    "from": {"id": user, "is_bot": False, "first_name": "Ann"},
+                    "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
+                },
+            }
+            url = f"http://127.0.0.1:{settings.WEB_PORT}/telegram/webhook"
+            async with httpx.AsyncClient() as client:
+                forged = await client.post(url, json=update)
+                header = {"X-Telegram-Bot-Api-Secret-Token": secret}
+                genuine = await client.post(url, json=update, headers=header)
+            assert forged.status_code == 401 and genuine.status_code == 200
+            await telegram.await_message(shop_bot.token, user, "How it works", timeout=10)
+            assert len(telegram.sent(shop_bot.token, user)) == 1  # only the genuine one
+
+
+def test_webhook_mode_needs_a_secret() -> None:
+    with pytest.raises(ValueError, match="TELEGRAM_WEBHOOK_SECRET"):
+        Settings(_env_file=None, **base_env(TELEGRAM_MODE="webhook"))  # type: ignore[arg-type]
+
+
+async def test_refunds_and_disputes_reach_the_ops_chat(shop: Shop) -> None:
+    chat = shop.chat(5550506)
+    await shop.reach_payment(chat)
+    [session_id] = shop.stripe.sessions
+    assert (
+        await shop.stripe.adeliver(shop.stripe.complete_checkout(session_id), shop.webhook, HOOK)
+    )[0] == 200
+    await chat.says("Payment received")
+    for event in (shop.stripe.refund(session_id), shop.stripe.dispute(session_id)):
+        assert (await shop.stripe.adeliver(event, shop.webhook, HOOK))[0] == 200
+    await shop.telegram.await_message(shop.token, -100777, "refunded", timeout=10)
+    await shop.telegram.await_message(shop.token, -100777, "disputed", timeout=10)
