@@ -1,4 +1,5 @@
-"""Lifecycle of a deployed bot: suspend, resume, restart, destroy, show, list, logs.
+"""Lifecycle of a deployed bot: suspend, resume, restart, rotate its gateway token,
+destroy, show, list, logs.
 
 Each action is idempotent: run twice, or re-run after a crash halfway, and it
 converges (Docker first, then the database, so the database never claims more than
@@ -7,14 +8,22 @@ Docker has done).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from storebot import bot_files
-from storebot.errors import BotNotFound, StorebotError
+from storebot import bot_files, deploy
+from storebot.errors import (
+    BotNotFound,
+    DeployInProgress,
+    InvalidTransition,
+    StateChanged,
+    StorebotError,
+)
 from storebot.hosting import Hosting
 from storebot.lifecycle import plan_action
 from storebot.models import Bot, BotStatus, Customer, utcnow
@@ -59,11 +68,83 @@ async def restart(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
         plan_action("restart", bot.status)
         _require_data(h, bot)
         await h.recheck_token(bot)
-        # a missing container is re-created by start_and_wait
-        await h.docker.restart(h.container_name(bot.id), timeout=2)
-        await h.start_and_wait(s, bot, actor=actor, why=reason or "restarted")
+        with _one_at_a_time(bot.id):
+            # a missing container is re-created by start_and_wait
+            await h.docker.restart(h.container_name(bot.id), timeout=2)
+            await h.start_and_wait(s, bot, actor=actor, why=reason or "restarted")
+            await _their_word_stands(h, s, bot)
         h.record(s, bot, actor=actor, reason=reason or "restarted")
         return Outcome(bot.id, bot.status, True, f"bot {bot.id} restarted")
+
+
+async def rotate_gateway_token(h: Hosting, bot_id: str, *, actor: str) -> str:
+    """A new gateway token for a running bot; the old one stops working. Returns it.
+
+    The LLM token is renewed with it (config.json needs the raw one, kept only hashed).
+    The container is re-created with the new config and must answer /health again.
+    """
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+        if bot.status is not BotStatus.running:
+            raise InvalidTransition(
+                f"only a running bot can get a new gateway token; bot {bot.id} is {bot.status}"
+            )
+        _require_data(h, bot)
+        token, owner = _token_and_owner(h, s, bot)
+        await h.recheck_token(bot)
+        with _one_at_a_time(bot.id):
+            try:
+                gateway_token = deploy.write_secrets(h, bot, token=token, owner=owner)
+            except OSError as exc:
+                raise deploy.cannot_write(h, exc) from None
+            s.add(bot)
+            s.commit()  # the database names the tokens the file now holds
+            await _their_word_stands(h, s, bot)  # suspended meanwhile: do not start it
+            await h.start_and_wait(s, bot, actor=actor, why="new gateway token")
+            await _their_word_stands(h, s, bot)
+        h.record(s, bot, actor=actor, reason="new gateway token")
+        return gateway_token
+
+
+def _token_and_owner(h: Hosting, s: Session, bot: Bot) -> tuple[str, int]:
+    owner = s.get(Customer, bot.customer_id)
+    if not bot.token_encrypted or owner is None:
+        raise StorebotError(f"bot {bot.id} has no Telegram token on record; deploy it again")
+    return h.tokens.open(bot.token_encrypted), owner.telegram_id
+
+
+# Bots being restarted or given new secrets by this process. Two racing rewrites of
+# one config.json could leave the database naming the other's tokens.
+_BUSY: set[str] = set()
+
+
+@contextmanager
+def _one_at_a_time(bot_id: str) -> Iterator[None]:
+    if bot_id in _BUSY:
+        raise DeployInProgress(f"bot {bot_id} is restarting right now; try again in a moment")
+    _BUSY.add(bot_id)
+    try:
+        yield
+    finally:
+        _BUSY.discard(bot_id)
+
+
+async def _their_word_stands(h: Hosting, s: Session, bot: Bot) -> None:
+    """If another process suspended or destroyed the bot while this action ran, its
+    container goes down again and StateChanged says so (start_and_wait only notices
+    that when it changes the status itself)."""
+    s.refresh(bot)
+    if bot.status is BotStatus.running:
+        return
+    name = h.container_name(bot.id)
+    if bot.status is BotStatus.destroyed:
+        await h.docker.remove(name)
+        _purge_if_due(h, bot)  # a config this action wrote after destroy removed the data
+    else:
+        await h.docker.stop(name, timeout=1)
+    raise StateChanged(
+        f"bot {bot.id} became {bot.status} while this action ran; it stays {bot.status}"
+    )
 
 
 async def destroy(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Outcome:

@@ -323,30 +323,45 @@ def _provision(
     h: Hosting, session: Session, bot: Bot, token: str, me: TelegramBot, owner: int, actor: str
 ) -> str:
     """Fresh secrets every (re)deploy: the raw ones exist only in config.json and here."""
-    gateway_token, llm_token = new_gateway_token(), new_llm_token()
-    bot.gateway_token_hash = sha256_hex(gateway_token)
-    bot.llm_token_hash = sha256_hex(llm_token)
     bot.token_encrypted = h.tokens.seal(token)
     bot.telegram_username = me.username
     bot.last_log = None
+    try:
+        gateway_token = write_secrets(h, bot, token=token, owner=owner)
+    except OSError as exc:
+        h.transition(
+            session, bot, BotStatus.failed, actor=actor, reason=f"cannot write data dir: {exc}"
+        )
+        raise cannot_write(h, exc) from None
+    session.add(bot)
+    session.commit()
+    return gateway_token
+
+
+def write_secrets(h: Hosting, bot: Bot, *, token: str, owner: int) -> str:
+    """New gateway and LLM tokens, written into the bot's config.json; returns the gateway
+    token. Both are new together: config.json needs the raw LLM token, which we keep
+    only hashed. The hashes are set on `bot` (not committed) once the file is written;
+    an OSError leaves `bot` as it was. A running container reads the file only at start:
+    `Hosting.start_and_wait` re-creates it (the spec carries the config's digest)."""
+    gateway_token, llm_token = new_gateway_token(), new_llm_token()
+    gateway_hash = sha256_hex(gateway_token)
     config = render_config(
         bot_token=token,
         owner_telegram_id=owner,
         llm_token=llm_token,
         meter_url=h.settings.LLM_METER_URL,
         model=h.settings.OPENROUTER_MODEL,
-        gateway_token_hash=bot.gateway_token_hash,
+        gateway_token_hash=gateway_hash,
     )
-    try:
-        bot_files.write_bot_files(h.settings.DATA_ROOT, bot.id, dump_config(config))
-    except OSError as exc:
-        h.transition(
-            session, bot, BotStatus.failed, actor=actor, reason=f"cannot write data dir: {exc}"
-        )
-        raise StorebotError(
-            f"cannot write the bot's data under {h.settings.DATA_ROOT}: {exc.strerror}. "
-            "storebot must run as root (it hands the directory to uid 65534)."
-        ) from None
-    session.add(bot)
-    session.commit()
+    bot_files.write_bot_files(h.settings.DATA_ROOT, bot.id, dump_config(config))
+    bot.gateway_token_hash = gateway_hash
+    bot.llm_token_hash = sha256_hex(llm_token)
     return gateway_token
+
+
+def cannot_write(h: Hosting, exc: OSError) -> StorebotError:
+    return StorebotError(
+        f"cannot write the bot's data under {h.settings.DATA_ROOT}: {exc.strerror}. "
+        "storebot must run as root (it hands the directory to uid 65534)."
+    )

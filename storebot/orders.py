@@ -186,6 +186,18 @@ async def cancel_unpaid_order(h: Hosting, gw: StripeGateway, telegram_id: int) -
         return True
 
 
+async def end_hosting(h: Hosting, gw: StripeGateway, bot_id: str) -> bool:
+    """Cancel the hosting subscription of a destroyed bot (no more charges); False if it
+    had none. Idempotent: an already cancelled subscription is fine."""
+    with h.session() as s:
+        bot = s.get(Bot, bot_id)
+        sub = bot.stripe_subscription_id if bot else None
+    if not sub:
+        return False
+    await gw.cancel_subscription(sub)
+    return True
+
+
 def apply_event(h: Hosting, event: dict[str, Any]) -> list[Effect]:
     """Apply one verified Stripe event exactly once; [] if it was applied before."""
     with h.session() as s:

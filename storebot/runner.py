@@ -23,6 +23,7 @@ from aiohttp import web
 
 from storebot.app import build_hosting, build_payments
 from storebot.chat.handlers import make_router
+from storebot.chat.mybots import make_mybots_router
 from storebot.chat.notify import send_effects
 from storebot.chat.throttle import Throttle
 from storebot.hosting import Hosting
@@ -75,6 +76,7 @@ def build_management(settings: Settings) -> Management:
     dp.message.outer_middleware(throttle)
     dp.callback_query.outer_middleware(throttle)
     dp.include_router(make_router())
+    dp.include_router(make_mybots_router())
 
     async def on_effects(effects: list[Effect]) -> None:
         await send_effects(bot, settings, effects)

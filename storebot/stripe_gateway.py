@@ -94,6 +94,21 @@ class StripeGateway:
         with contextlib.suppress(stripe.StripeError):
             await self._client.v1.checkout.sessions.expire_async(session_id)
 
+    async def cancel_subscription(self, subscription_id: str) -> None:
+        """End a hosting subscription now (no further invoices); idempotent."""
+        try:
+            current = await self._client.v1.subscriptions.retrieve_async(subscription_id)
+            if current.status in ("canceled", "incomplete_expired"):
+                return
+            await self._client.v1.subscriptions.cancel_async(subscription_id)
+        except stripe.InvalidRequestError as exc:
+            if getattr(exc, "code", None) != "resource_missing":  # gone is as good as ended
+                raise PaymentsUnavailable(f"Stripe refused to cancel: {exc.user_message}") from None
+        except stripe.StripeError as exc:
+            raise PaymentsUnavailable(
+                f"could not cancel the subscription ({type(exc).__name__}); try again later"
+            ) from None
+
     def parse_event(self, payload: bytes, signature: str | None) -> dict[str, Any]:
         """The event, if the Stripe-Signature header matches the raw body."""
         if not signature:

@@ -19,7 +19,7 @@ from sqlmodel import select
 from storebot.app import build_hosting, build_payments
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotStatus, StripeEvent, utcnow
-from storebot.orders import Effect, start_hosting_order
+from storebot.orders import Effect, end_hosting, start_hosting_order
 from storebot.stripe_gateway import StripeGateway
 from storebot.web import build_web_app
 from tests.conftest import make_settings
@@ -208,3 +208,15 @@ async def test_healthz(shop: Shop) -> None:
 
 async def _none() -> None:
     return None
+
+
+async def test_ending_hosting_cancels_the_subscription(shop: Shop) -> None:
+    bot_id, session_id = await shop.order(ALICE)
+    await shop.stripe.adeliver(shop.stripe.complete_checkout(session_id), shop.url, WEBHOOK_SECRET)
+    sub = shop.bot(bot_id).stripe_subscription_id
+    assert sub is not None and shop.stripe.subscriptions[sub]["status"] == "active"
+    assert await end_hosting(shop.h, shop.gw, bot_id) is True
+    assert shop.stripe.subscriptions[sub]["status"] == "canceled"
+    assert await end_hosting(shop.h, shop.gw, bot_id) is True  # again: no error
+    other, _ = await shop.order(BOB)
+    assert await end_hosting(shop.h, shop.gw, other) is False  # never paid: nothing to end
