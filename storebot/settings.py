@@ -104,6 +104,7 @@ class Settings(BaseSettings):
 
     # Plans and payments (Stripe is needed to sell, not by the admin CLI)
     PLANS_FILE: Path | None = None
+    TERMS_FILE: Path | None = None
     CURRENCY: str = Field(default="usd", pattern=r"^[a-z]{3}$")
     STRIPE_SECRET_KEY: SecretStr | None = None
     STRIPE_WEBHOOK_SECRET: SecretStr | None = None
@@ -129,7 +130,7 @@ class Settings(BaseSettings):
         _refuse_placeholder(value.get_secret_value())
         return value
 
-    @field_validator("PLANS_FILE", "DOCKER_HOST", "OPS_CHAT_ID", mode="before")
+    @field_validator("PLANS_FILE", "TERMS_FILE", "DOCKER_HOST", "OPS_CHAT_ID", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -220,6 +221,13 @@ class Settings(BaseSettings):
             )
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @field_validator("TERMS_FILE")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
         return value
 
     @model_validator(mode="after")

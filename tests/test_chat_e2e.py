@@ -11,7 +11,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from storebot.app import build_hosting
 from storebot.chat import keyboards as kb
+from storebot.deploy import deploy
 from storebot.settings import Settings
 from tests.chat_helpers import Chat, buttons, storebot
 from tests.fakes.stripe import FakeStripe
@@ -79,6 +81,18 @@ async def test_customer_from_start_to_running_assistant(
             assert telegram.is_deleted(T, ALICE, own["message_id"])
             telegram.send_text(T, ALICE, "hello")
             await says("not a Telegram bot token")
+            revoked = telegram.add_bot()
+            telegram.revoke(revoked.token)
+            telegram.send_text(T, ALICE, revoked.token)
+            await says("Telegram rejected this token")
+            taken = telegram.add_bot()  # already hosted here, for another customer
+            other = build_hosting(settings)
+            try:
+                await deploy(other, token=taken.token, owner_telegram_id=777, actor="admin")
+            finally:
+                await other.aclose()
+            telegram.send_text(T, ALICE, taken.token)
+            await says("already hosted here for another customer")
 
             sent = telegram.send_text(T, ALICE, customer_bot.token)
             live = await says("Your assistant is live")
@@ -110,6 +124,8 @@ async def test_customer_from_start_to_running_assistant(
             "expecting your bot's token",
             "my own token",
             "not a Telegram bot token",
+            "Telegram rejected this token",
+            "already hosted here for another customer",
             "Setting up your assistant",
             "Your assistant is live",
         ]

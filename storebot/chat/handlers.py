@@ -60,11 +60,11 @@ async def _offer_plans(message: Message, hosting: Hosting, user_id: int) -> None
     await message.answer(texts.CHOOSE_PLAN, reply_markup=kb.plans(plans, hosting.settings.CURRENCY))
 
 
-async def plan_chosen(query: CallbackQuery, callback_data: kb.PlanChosen) -> None:
+async def plan_chosen(query: CallbackQuery, callback_data: kb.PlanChosen, hosting: Hosting) -> None:
     await query.answer()
     if isinstance(query.message, Message):
         await query.message.edit_text(
-            texts.DEFAULT_TERMS, reply_markup=kb.accept_terms(callback_data.name)
+            texts.terms(hosting.settings), reply_markup=kb.accept_terms(callback_data.name)
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storebot.deploy import DeployResult
 from storebot.plans import Plan, format_price
+from storebot.settings import Settings
 
 DEFAULT_TERMS = (
     "Terms of service\n\n"
@@ -12,6 +13,13 @@ DEFAULT_TERMS = (
     "- LLM usage is prepaid and pauses when the balance reaches zero.\n"
     "- Hosting renews monthly until you cancel."
 )
+
+
+def terms(settings: Settings) -> str:
+    """The operator's terms (TERMS_FILE) or the default ones."""
+    if settings.TERMS_FILE is None:
+        return DEFAULT_TERMS
+    return settings.TERMS_FILE.read_text(encoding="utf-8").strip()[:4000]
 
 
 def welcome(cheapest: Plan, currency: str) -> str:
