@@ -49,7 +49,12 @@ def wait_status(web_url: str, host: str, path: str, status: int, timeout: float 
     deadline = time.monotonic() + timeout
     code = -1
     while time.monotonic() < deadline:
-        code = get(web_url, host, path).status_code
+        try:
+            code = get(web_url, host, path).status_code
+        except httpx.TimeoutException:
+            # Until Traefik applies the stop event it may still forward to the stopped
+            # container's address, where nothing answers: not yet, poll again.
+            code = -1
         if code == status:
             return code
         time.sleep(0.1)
