@@ -81,6 +81,8 @@ async def start_hosting_order(
     """The customer's open order (reused: one unpaid order at a time) with a fresh
     Checkout link. The previous link is expired first, so no order is paid twice."""
     plan = get_plan(h.settings, plan_name)
+    # No database connection is held while Stripe answers: under load, connections
+    # held across awaits exhaust the pool and a waiting checkout blocks the loop.
     with h.session() as s:
         customer = customer_for(s, telegram_id)
         assert customer.id is not None
@@ -103,22 +105,28 @@ async def start_hosting_order(
                     reason=f"order opened (plan {plan.name})",
                 )
             )
-        elif bot.checkout_session_id:
-            await gw.expire_checkout(bot.checkout_session_id)
         bot.plan = plan.name
         bot.cpu_limit, bot.mem_limit = plan.limits.cpus, plan.limits.mem_bytes
         bot.pids_limit = plan.limits.pids
-        link = await gw.hosting_checkout(
-            order_id=bot.id,
-            telegram_id=telegram_id,
-            plan=plan,
-            success_url=success_url,
-            cancel_url=cancel_url,
-        )
-        bot.checkout_session_id = link.session_id
         s.add(bot)
-        s.commit()
-        return Order(bot_id=bot.id, plan=plan.name, checkout_url=link.url)
+        s.commit()  # ends the transaction: the connection goes back to the pool
+        order_id, previous = bot.id, bot.checkout_session_id
+    if previous:
+        await gw.expire_checkout(previous)
+    link = await gw.hosting_checkout(
+        order_id=order_id,
+        telegram_id=telegram_id,
+        plan=plan,
+        success_url=success_url,
+        cancel_url=cancel_url,
+    )
+    with h.session() as s:
+        row = s.get(Bot, order_id)
+        if row is not None:
+            row.checkout_session_id = link.session_id
+            s.add(row)
+            s.commit()
+    return Order(bot_id=order_id, plan=plan.name, checkout_url=link.url)
 
 
 def paid_order_awaiting_token(h: Hosting, telegram_id: int) -> Bot | None:
@@ -203,12 +211,13 @@ def apply_event(h: Hosting, event: dict[str, Any]) -> list[Effect]:
     with h.session() as s:
         if s.get(StripeEvent, event["id"]) is not None:
             return []
-        record = StripeEvent(id=event["id"], type=str(event.get("type", "")))
-        s.add(record)
-        obj = (event.get("data") or {}).get("object") or {}
-        handler = _HANDLERS.get(record.type)
-        effects, record.outcome = handler(h, s, obj) if handler else ([], "ignored")
         try:
+            record = StripeEvent(id=event["id"], type=str(event.get("type", "")))
+            s.add(record)
+            s.flush()  # a concurrent delivery of the same event collides here, or at commit
+            obj = (event.get("data") or {}).get("object") or {}
+            handler = _HANDLERS.get(record.type)
+            effects, record.outcome = handler(h, s, obj) if handler else ([], "ignored")
             s.commit()  # the event row and its effect, together
         except IntegrityError:  # the same event, applied concurrently: theirs counts
             s.rollback()
