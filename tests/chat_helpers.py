@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from storebot.chat import keyboards as kb
 from storebot.runner import build_management, serve
 from storebot.settings import Settings
 from tests.fakes.telegram import FakeTelegram
@@ -55,6 +56,13 @@ class Chat:
         )
         self.seen = len(self.tg.sent(self.token, self.user))
         return msg
+
+    async def order_hosting(self, plan: str = "standard") -> dict[str, Any]:
+        """/newbot, choose `plan`, accept the terms: the message with the payment link."""
+        self.send("/newbot")
+        self.press(await self.says("Choose a plan"), kb.PlanChosen(name=plan))
+        self.press(await self.says("Terms of service"), kb.TermsAccepted(plan=plan))
+        return await self.says("Pay with the button below")
 
     def transcript(self) -> list[str]:
         return self.tg.sent(self.token, self.user)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from storebot.chat import keyboards as kb
 from storebot.chat.throttle import Throttle
 from storebot.settings import Settings
 from tests.chat_helpers import Chat, storebot
@@ -31,12 +30,7 @@ class Shop:
         return Chat(self.telegram, self.token, user)
 
     async def reach_payment(self, chat: Chat) -> dict:  # type: ignore[type-arg]
-        chat.send("/newbot")
-        plans = await chat.says("Choose a plan")
-        chat.press(plans, kb.PlanChosen(name="standard"))
-        terms = await chat.says("Terms of service")
-        chat.press(terms, kb.TermsAccepted(plan="standard"))
-        return await chat.says("Pay with the button below")
+        return await chat.order_hosting()
 
 
 @pytest.fixture

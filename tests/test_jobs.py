@@ -12,7 +12,6 @@ import pytest
 
 from storebot import bot_ops
 from storebot.app import build_hosting
-from storebot.chat import keyboards as kb
 from storebot.deploy import deploy
 from storebot.hosting import Hosting
 from storebot.jobs import expire_hosting, hosting_expired, resume_renewed
@@ -119,10 +118,7 @@ async def test_docker_down_during_chat_deploy_completes_when_it_returns(
         )
         async with storebot(Settings(_env_file=None, **env)) as webhook:  # type: ignore[arg-type]
             alice = Chat(telegram, shop.token, OWNER)
-            alice.send("/newbot")
-            alice.press(await alice.says("Choose a plan"), kb.PlanChosen(name="standard"))
-            alice.press(await alice.says("Terms of service"), kb.TermsAccepted(plan="standard"))
-            await alice.says("Pay with the button below")
+            await alice.order_hosting()
             [session] = stripe.sessions
             await stripe.adeliver(stripe.complete_checkout(session), webhook, hook)
             await alice.says("Payment received")
