@@ -26,6 +26,8 @@ examples:
   storebot admin list
   storebot admin suspend b3k9x2qa --reason "spam reports"
   storebot admin destroy b3k9x2qa --yes
+  storebot admin credit b3k9x2qa 5 --note "refund: upstream outage on 11-24"
+  storebot meter
 
 settings come from the environment and ./.env (see .env.example).
 """
@@ -41,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("migrate", help="create or upgrade the database schema")
     sub.add_parser("run", help="run the management bot and the web app (Stripe webhook, /healthz)")
+    sub.add_parser(
+        "meter",
+        help="run the LLM meter the hosted bots call (METER_HOST:METER_PORT, GET /metrics)",
+    )
     sub.add_parser(
         "check",
         help="check settings, Docker, the nullclawd image and the database; say what to fix",
@@ -78,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     lg = cmd("logs", "show a bot's recent log lines, tokens redacted")
     lg.add_argument("--tail", type=int, default=100, help="how many lines (default 100)")
+    cr = cmd("credit", "add (or with a negative amount, take) LLM credit, with a note")
+    cr.add_argument("amount", metavar="USD", help="dollars, e.g. 5 or 2.50 or -1")
+    cr.add_argument("--note", required=True, help="why (kept on the ledger with your name)")
+    cmd("balance", "show a bot's LLM balance and spend today / over 7 days")
     cmd("purge-data", "remove data of destroyed bots past DATA_RETENTION_DAYS", bot_id=False)
     return p
 
@@ -91,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_check())
         if args.command == "run":
             return _run()
+        if args.command == "meter":
+            return _meter()
         return asyncio.run(_admin(args))
     except StorebotError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -122,6 +134,17 @@ def _run() -> int:
     settings.stripe_keys()
     migrate(settings.DATABASE_URL)
     asyncio.run(run(settings))
+    return 0
+
+
+def _meter() -> int:
+    import logging
+
+    from storebot.meter import run
+    from storebot.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run(load_settings()))
     return 0
 
 
@@ -286,6 +309,29 @@ async def _purge(h: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _credit(h: Any, args: argparse.Namespace) -> int:
+    from storebot.topups import admin_credit
+
+    out = admin_credit(h, args.bot_id, args.amount, actor=_actor(), note=args.note)
+    _emit(args, asdict(out), out.message)
+    return 0
+
+
+async def _balance(h: Any, args: argparse.Namespace) -> int:
+    from storebot.ledger import format_usd
+    from storebot.topups import bot_report
+
+    r = bot_report(h, args.bot_id)
+    days = r.days_left()
+    text = (
+        f"bot {args.bot_id}: balance {format_usd(r.balance)}, spent today "
+        f"{format_usd(r.today)}, last 7 days {format_usd(r.week)}"
+        + (f", about {days:.1f} days left at that rate" if days is not None else "")
+    )
+    _emit(args, asdict(r) | {"days_left": days}, text)
+    return 0
+
+
 ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "deploy": _deploy,
     "list": _list,
@@ -296,4 +342,6 @@ ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "destroy": _destroy,
     "logs": _logs,
     "purge-data": _purge,
+    "credit": _credit,
+    "balance": _balance,
 }

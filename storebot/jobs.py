@@ -1,4 +1,5 @@
-"""What runs on a schedule (APScheduler): hosting expiry, and deploys waiting for Docker.
+"""What runs on a schedule (APScheduler): hosting expiry, deploys waiting for Docker,
+and balance alerts.
 
 Each job is a plain async function over `Hosting` that returns Effects for the chat
 layer; `start_jobs` puts them on an AsyncIOScheduler every JOBS_INTERVAL_SECONDS.
@@ -7,6 +8,7 @@ The rules themselves (`hosting_expired`) are pure.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -15,11 +17,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlmodel import col, select
 
 from storebot import bot_ops
+from storebot.balance_alerts import due_alerts
 from storebot.deploy import deploy
+from storebot.effects import Effect
 from storebot.errors import DockerUnavailable, StorebotError
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotStatus, Customer, utcnow
-from storebot.orders import Effect, queued_deploys
+from storebot.orders import queued_deploys
 
 log = logging.getLogger(__name__)
 EXPIRED = "hosting expired"
@@ -94,18 +98,25 @@ async def retry_queued_deploys(h: Hosting) -> list[Effect]:
     return effects
 
 
+async def balance_alerts(h: Hosting) -> list[Effect]:
+    """Tell owners whose LLM credit fell past an alert level (once per crossing)."""
+    return await asyncio.to_thread(due_alerts, h)
+
+
 def start_jobs(h: Hosting, on_effects: OnEffects) -> AsyncIOScheduler:
     async def run(job: Callable[[Hosting], Awaitable[list[Effect]]]) -> None:
         try:
             effects = await job(h)
             if effects:
                 await on_effects(effects)
+        except asyncio.CancelledError:  # shutdown while it ran: its work is idempotent
+            log.info("job %s interrupted by shutdown", job.__name__)
         except Exception:  # one bad run must not stop the schedule
             log.exception("job %s failed", job.__name__)
 
     scheduler = AsyncIOScheduler()
     every = h.settings.JOBS_INTERVAL_SECONDS
-    for job in (expire_hosting, retry_queued_deploys):
+    for job in (expire_hosting, retry_queued_deploys, balance_alerts):
         scheduler.add_job(
             run,
             "interval",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, Enum, Float, Text
+from sqlalchemy import BigInteger, Column, Enum, Float, Index, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -97,3 +97,42 @@ class StripeEvent(SQLModel, table=True):
     type: str = Field(max_length=100)
     received_at: datetime = Field(default_factory=utcnow)
     outcome: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class LedgerKind(StrEnum):
+    credit = "credit"  # a paid top-up
+    debit = "debit"  # LLM usage, charged by the meter
+    adjust = "adjust"  # an operator's correction, with a note
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only LLM credit of one bot, in integer micro-USD (credits > 0, debits < 0).
+    A bot's balance is the sum of its entries (kept summed in `LlmAccount`)."""
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (Index("ix_ledger_entry_bot_at", "bot_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    bot_id: str = Field(foreign_key="bot.id", max_length=16)
+    at: datetime = Field(default_factory=utcnow)
+    kind: str = Field(max_length=16)
+    amount_micro: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # What paid for a credit (a Checkout Session id): unique, so it is credited once.
+    ref: str | None = Field(default=None, max_length=255, unique=True)
+    actor: str = Field(default="", max_length=64)
+    note: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class LlmAccount(SQLModel, table=True):
+    """One bot's LLM credit: the running sum of its ledger, updated in the same
+    transaction as each entry, and the state of its balance alerts."""
+
+    __tablename__ = "llm_account"
+
+    bot_id: str = Field(foreign_key="bot.id", primary_key=True, max_length=16)
+    balance_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    # The balance right after the last top-up: alert levels are percentages of it.
+    reference_micro: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    # The lowest alert level (percent) already sent since that top-up; None: none yet.
+    alerted_percent: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow)

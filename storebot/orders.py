@@ -11,7 +11,7 @@ alone is enough to pick up again after a crash (a paid order is `awaiting_token`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from storebot import topups
+from storebot.effects import Effect
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotEvent, BotStatus, Customer, StripeEvent, utcnow
 from storebot.plans import get_plan
@@ -27,14 +29,6 @@ from storebot.tokens import new_bot_id
 
 # Until the first invoice.paid says otherwise, a paid checkout covers this long.
 FIRST_PERIOD = timedelta(days=31)
-
-
-@dataclass(frozen=True)
-class Effect:
-    kind: str  # ask_token | renewed | payment_failed | subscription_ended | ops_alert
-    telegram_id: int | None = None
-    bot_id: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,6 +230,8 @@ def _order(s: Session, obj: dict[str, Any]) -> tuple[Bot | None, Customer | None
 
 
 def _checkout_completed(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcome:
+    if (obj.get("metadata") or {}).get("kind") == topups.KIND:
+        return topups.apply_paid_topup(s, obj)
     bot, owner = _order(s, obj)
     ref = str(obj.get("client_reference_id") or "")
     alert = {"session": obj.get("id"), "order": (obj.get("metadata") or {}).get("order_id")}

@@ -26,9 +26,10 @@ from storebot.chat.handlers import make_router
 from storebot.chat.mybots import make_mybots_router
 from storebot.chat.notify import send_effects
 from storebot.chat.throttle import Throttle
+from storebot.chat.topup import make_topup_router
+from storebot.effects import Effect
 from storebot.hosting import Hosting
 from storebot.jobs import OnEffects, resume_renewed, start_jobs
-from storebot.orders import Effect
 from storebot.settings import Settings
 from storebot.stripe_gateway import StripeGateway
 from storebot.web import build_web_app
@@ -39,6 +40,8 @@ COMMANDS = [
     BotCommand(command="start", description="Welcome and menu"),
     BotCommand(command="newbot", description="Create an assistant"),
     BotCommand(command="mybots", description="Your assistants"),
+    BotCommand(command="topup", description="Add LLM credit"),
+    BotCommand(command="balance", description="LLM credit and spend"),
     BotCommand(command="help", description="How it works"),
     BotCommand(command="cancel", description="Stop what you are doing"),
 ]
@@ -75,6 +78,7 @@ def build_management(settings: Settings) -> Management:
     throttle = Throttle(settings.THROTTLE_PER_MINUTE)
     dp.message.outer_middleware(throttle)
     dp.callback_query.outer_middleware(throttle)
+    dp.include_router(make_topup_router())  # first: a typed amount is not a token
     dp.include_router(make_router())
     dp.include_router(make_mybots_router())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -58,6 +59,27 @@ class Settings(BaseSettings):
     OPENROUTER_API_KEY: SecretStr
     OPENROUTER_MODEL: str
     OPENROUTER_BASE_URL: str = "https://openrouter.ai/api/v1"
+
+    # The LLM meter (`storebot meter`): where it listens (LLM_METER_URL is how bots
+    # reach it), what a dollar of upstream cost is charged, and how it guards balances.
+    METER_HOST: str = "127.0.0.1"
+    METER_PORT: int = Field(default=8089, gt=0, lt=65536)
+    LLM_MARKUP: Decimal = Field(default=Decimal("1.25"), ge=1, le=100)
+    # Charged when a successful upstream answer reports no usage.cost (never free).
+    LLM_UNKNOWN_COST_MICRO: int = Field(default=10_000, ge=0)
+    METER_UPSTREAM_TIMEOUT_SECONDS: float = Field(default=120.0, gt=0)
+    # LLM calls of one bot admitted at once: bounds the overspend past zero (see meter).
+    METER_MAX_IN_FLIGHT_PER_BOT: Positive = 4
+    METER_SYNC_SECONDS: float = Field(default=1.0, gt=0, le=30)
+    METER_MAX_BODY_BYTES: Positive = 1024 * 1024
+
+    # Prepaid LLM credit (always USD: the ledger counts micro-USD)
+    TOPUP_PRESETS_USD: str = "5,10,25"
+    TOPUP_MIN_USD: Decimal = Field(default=Decimal("5"), gt=0)
+    TOPUP_MAX_USD: Decimal = Field(default=Decimal("500"), gt=0)
+    # Owners are told once per crossing of each level (percent of the balance right
+    # after their last top-up), and once more at zero.
+    BALANCE_ALERT_PERCENTS: str = "50,20,5"
 
     # Public face
     BASE_DOMAIN: str
@@ -242,6 +264,33 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("TOPUP_PRESETS_USD")
+    @classmethod
+    def _presets(cls, value: str) -> str:
+        _usd_list(value, "amounts in USD such as 5,10,25")
+        return value
+
+    @field_validator("BALANCE_ALERT_PERCENTS")
+    @classmethod
+    def _percents(cls, value: str) -> str:
+        if any(not 0 < p < 100 for p in _usd_list(value, "percentages such as 50,20,5")):
+            raise ValueError("each percentage must be between 0 and 100 (zero is always alerted)")
+        return value
+
+    @model_validator(mode="after")
+    def _topup_range(self) -> Settings:
+        if self.TOPUP_MIN_USD > self.TOPUP_MAX_USD:
+            raise ValueError("TOPUP_MIN_USD must not exceed TOPUP_MAX_USD")
+        outside = [
+            p for p in self.topup_presets() if not self.TOPUP_MIN_USD <= p <= self.TOPUP_MAX_USD
+        ]
+        if outside:
+            raise ValueError(
+                f"TOPUP_PRESETS_USD has {', '.join(map(str, outside))} outside "
+                f"TOPUP_MIN_USD..TOPUP_MAX_USD ({self.TOPUP_MIN_USD}..{self.TOPUP_MAX_USD})"
+            )
+        return self
+
     @model_validator(mode="after")
     def _burst_covers_rate(self) -> Settings:
         if self.DEFAULT_RATE_LIMIT_BURST < self.DEFAULT_RATE_LIMIT_RPS:
@@ -270,6 +319,15 @@ class Settings(BaseSettings):
             )
         return key.get_secret_value(), hook.get_secret_value()
 
+    def topup_presets(self) -> list[Decimal]:
+        return _usd_list(self.TOPUP_PRESETS_USD, "")
+
+    def alert_percents(self) -> list[int]:
+        """Alert levels, highest first; 0 (an empty balance) is always the last."""
+        return sorted(
+            {int(p) for p in _usd_list(self.BALANCE_ALERT_PERCENTS, "")} | {0}, reverse=True
+        )
+
     @property
     def entrypoints(self) -> list[str]:
         return [e.strip() for e in self.TRAEFIK_ENTRYPOINTS.split(",") if e.strip()]
@@ -288,6 +346,16 @@ class Settings(BaseSettings):
 
     def bot_host(self, bot_id: str) -> str:
         return f"{bot_id}.{self.BASE_DOMAIN}"
+
+
+def _usd_list(value: str, expected: str) -> list[Decimal]:
+    try:
+        out = [Decimal(v.strip()) for v in value.split(",") if v.strip()]
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a list of {expected}") from None
+    if not out or any(not v.is_finite() or v <= 0 for v in out):
+        raise ValueError(f"{value!r} is not a list of {expected}")
+    return out
 
 
 def load_settings(env_file: str | Path | None = ".env") -> Settings:

@@ -79,6 +79,41 @@ class StripeGateway:
             "success_url": success_url,
             "cancel_url": cancel_url,
         }
+        return await self._checkout(params)
+
+    async def topup_checkout(
+        self,
+        *,
+        bot_id: str,
+        telegram_id: int,
+        cents: int,
+        success_url: str,
+        cancel_url: str,
+    ) -> CheckoutLink:
+        """A one-off Checkout Session for LLM credit of one bot. Always in USD: the
+        ledger counts micro-USD, whatever currency hosting is sold in."""
+        tags = {"kind": "topup", "bot_id": bot_id, "telegram_id": str(telegram_id)}
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "client_reference_id": str(telegram_id),
+            "metadata": tags,
+            "payment_intent_data": {"metadata": tags},
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": cents,
+                        "product_data": {"name": f"LLM credit for assistant {bot_id}"},
+                    },
+                }
+            ],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        return await self._checkout(params)
+
+    async def _checkout(self, params: dict[str, Any]) -> CheckoutLink:
         try:
             session = await self._client.v1.checkout.sessions.create_async(params=params)  # type: ignore[arg-type]
         except stripe.StripeError as exc:

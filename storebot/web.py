@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from sqlalchemy import text
 
+from storebot.effects import Effect
 from storebot.hosting import Hosting
-from storebot.orders import Effect, apply_event
+from storebot.orders import apply_event
 from storebot.stripe_gateway import BadWebhook, StripeGateway
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -12,7 +13,10 @@ import httpx
 from storebot.chat import keyboards as kb
 from storebot.runner import build_management, serve
 from storebot.settings import Settings
+from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
+
+SHOP_KEY, SHOP_HOOK = "sk_test_chatonly0123456789", "whsec_chatonly"
 
 
 @asynccontextmanager
@@ -71,3 +75,27 @@ class Chat:
 def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
     rows = (message.get("reply_markup") or {}).get("inline_keyboard") or []
     return [b for row in rows for b in row]
+
+
+@dataclass
+class Shop:
+    """A running management bot (no Docker needed) with its Telegram and Stripe fakes."""
+
+    telegram: FakeTelegram
+    stripe: FakeStripe
+    token: str
+    webhook: str
+    settings: Settings
+
+    def chat(self, user: int) -> Chat:
+        return Chat(self.telegram, self.token, user)
+
+    async def reach_payment(self, chat: Chat) -> dict[str, Any]:
+        return await chat.order_hosting()
+
+    async def pay(self, session_id: str) -> dict[str, Any]:
+        """The customer pays on Stripe's page; Stripe's webhook reaches storebot."""
+        event = self.stripe.complete_checkout(session_id)
+        status, text = await self.stripe.adeliver(event, self.webhook, SHOP_HOOK)
+        assert status == 200, text
+        return event

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from sqlalchemy import create_engine, text
 
 from storebot.settings import Settings
 from tests import harness
+from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, Shop, storebot
+from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import ServiceMissing, Services, cleanup, running_services
 
@@ -90,6 +92,27 @@ def make_settings(**overrides: Any) -> Settings:
 def telegram() -> Iterator[FakeTelegram]:
     with FakeTelegram() as tg:
         yield tg
+
+
+@pytest.fixture
+async def shop(migrated_db: str, telegram: FakeTelegram) -> AsyncIterator[Shop]:
+    """The management bot running in this test's loop, on fresh fakes' state."""
+    shop_bot = telegram.add_bot()
+    with FakeStripe(api_key=SHOP_KEY) as stripe:
+        env = base_env(
+            DATABASE_URL=migrated_db,
+            TELEGRAM_API_BASE=telegram.base_url,
+            STOREBOT_BOT_TOKEN=shop_bot.token,
+            STRIPE_SECRET_KEY=SHOP_KEY,
+            STRIPE_WEBHOOK_SECRET=SHOP_HOOK,
+            STRIPE_API_BASE=stripe.base_url,
+            WEB_PORT=harness.free_port(),
+            THROTTLE_PER_MINUTE=60,
+            OPS_CHAT_ID=-100777,
+        )
+        settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
+        async with storebot(settings) as webhook:
+            yield Shop(telegram, stripe, shop_bot.token, webhook, settings)
 
 
 # Docker ----------------------------------------------------------------------------

@@ -2,54 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
 import httpx
 import pytest
 
 from storebot.chat.throttle import Throttle
 from storebot.settings import Settings
-from tests.chat_helpers import Chat, storebot
+from tests.chat_helpers import SHOP_HOOK as HOOK
+from tests.chat_helpers import SHOP_KEY as KEY
+from tests.chat_helpers import Shop, storebot
 from tests.conftest import base_env
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import free_port
-
-KEY, HOOK = "sk_test_chatonly0123456789", "whsec_chatonly"
-
-
-@dataclass
-class Shop:
-    telegram: FakeTelegram
-    stripe: FakeStripe
-    token: str
-    webhook: str
-
-    def chat(self, user: int) -> Chat:
-        return Chat(self.telegram, self.token, user)
-
-    async def reach_payment(self, chat: Chat) -> dict:  # type: ignore[type-arg]
-        return await chat.order_hosting()
-
-
-@pytest.fixture
-async def shop(migrated_db: str, telegram: FakeTelegram, tmp_path: object) -> AsyncIterator[Shop]:
-    shop_bot = telegram.add_bot()
-    with FakeStripe(api_key=KEY) as stripe:
-        env = base_env(
-            DATABASE_URL=migrated_db,
-            TELEGRAM_API_BASE=telegram.base_url,
-            STOREBOT_BOT_TOKEN=shop_bot.token,
-            STRIPE_SECRET_KEY=KEY,
-            STRIPE_WEBHOOK_SECRET=HOOK,
-            STRIPE_API_BASE=stripe.base_url,
-            WEB_PORT=free_port(),
-            THROTTLE_PER_MINUTE=60,
-            OPS_CHAT_ID=-100777,
-        )
-        async with storebot(Settings(_env_file=None, **env)) as webhook:  # type: ignore[arg-type]
-            yield Shop(telegram, stripe, shop_bot.token, webhook)
 
 
 async def test_cancel_in_every_state(shop: Shop) -> None:

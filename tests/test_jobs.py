@@ -13,10 +13,10 @@ import pytest
 from storebot import bot_ops
 from storebot.app import build_hosting
 from storebot.deploy import deploy
+from storebot.effects import Effect
 from storebot.hosting import Hosting
 from storebot.jobs import expire_hosting, hosting_expired, resume_renewed
 from storebot.models import Bot, BotStatus, utcnow
-from storebot.orders import Effect
 from storebot.settings import Settings
 from tests.chat_helpers import Chat, storebot
 from tests.fakes.stripe import FakeStripe

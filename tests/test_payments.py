@@ -17,9 +17,10 @@ from aiohttp.test_utils import TestServer
 from sqlmodel import select
 
 from storebot.app import build_hosting, build_payments
+from storebot.effects import Effect
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotStatus, StripeEvent, utcnow
-from storebot.orders import Effect, end_hosting, start_hosting_order
+from storebot.orders import end_hosting, start_hosting_order
 from storebot.stripe_gateway import StripeGateway
 from storebot.web import build_web_app
 from tests.conftest import make_settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from storebot.errors import SettingsError
-from storebot.settings import load_settings, parse_memory
+from storebot.settings import Settings, load_settings, parse_memory
 from tests.conftest import base_env
 
 
@@ -108,3 +108,9 @@ def test_selling_needs_stripe_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_empty_optional_values_mean_unset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     s = _load(monkeypatch, tmp_path, base_env(PLANS_FILE="", DOCKER_HOST="", STRIPE_SECRET_KEY=""))
     assert s.PLANS_FILE is None and s.DOCKER_HOST is None and s.STRIPE_SECRET_KEY is None
+
+
+def test_every_setting_is_documented_in_env_example() -> None:
+    text = (Path(__file__).parent.parent / ".env.example").read_text()
+    documented = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line}
+    assert set(Settings.model_fields) - documented == set()

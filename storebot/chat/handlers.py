@@ -16,6 +16,7 @@ from storebot import deploy, orders
 from storebot.chat import keyboards as kb
 from storebot.chat import texts
 from storebot.chat.notify import send_effects
+from storebot.effects import Effect
 from storebot.errors import DockerUnavailable, StorebotError, TokenError
 from storebot.hosting import Hosting
 from storebot.plans import load_plans
@@ -137,7 +138,7 @@ async def token(message: Message, hosting: Hosting, bot: Bot) -> None:
     except DockerUnavailable:
         orders.queue_token(hosting, order.id, raw)
         await status.edit_text(texts.QUEUED)
-        await send_effects(bot, hosting.settings, [orders.Effect("docker_down", bot_id=order.id)])
+        await send_effects(bot, hosting.settings, [Effect("docker_down", bot_id=order.id)])
     except StorebotError as exc:
         await status.edit_text(texts.deploy_failed(str(exc).split("\n")[0], support))
     else:

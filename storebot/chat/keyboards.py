@@ -6,6 +6,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
+from storebot.ledger import CENT, format_usd
 from storebot.plans import Plan, format_price
 
 
@@ -50,4 +51,39 @@ def accept_terms(plan: str) -> InlineKeyboardMarkup:
 def pay(url: str) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
     kb.button(text="Pay with Stripe", url=url)
+    return kb.as_markup()
+
+
+class TopupBot(CallbackData, prefix="tub"):
+    bot_id: str
+
+
+class TopupAmount(CallbackData, prefix="tua"):
+    bot_id: str
+    cents: int  # 0: the customer types the amount
+
+
+def topup_bots(bots: list[tuple[str, str]]) -> InlineKeyboardMarkup:
+    """One button per (bot id, label)."""
+    kb = InlineKeyboardBuilder()
+    for bot_id, label in bots:
+        kb.button(text=label, callback_data=TopupBot(bot_id=bot_id))
+    kb.adjust(1)
+    return kb.as_markup()
+
+
+def topup_amounts(bot_id: str, presets_micro: list[int]) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    for micro in presets_micro:
+        kb.button(
+            text=format_usd(micro), callback_data=TopupAmount(bot_id=bot_id, cents=micro // CENT)
+        )
+    kb.button(text="Other amount", callback_data=TopupAmount(bot_id=bot_id, cents=0))
+    kb.adjust(len(presets_micro), 1)
+    return kb.as_markup()
+
+
+def topup_button(bot_id: str) -> InlineKeyboardMarkup:
+    kb = InlineKeyboardBuilder()
+    kb.button(text="Top up", callback_data=TopupBot(bot_id=bot_id))
     return kb.as_markup()

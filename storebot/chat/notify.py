@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from aiogram import Bot
+from aiogram.types import InlineKeyboardMarkup
 
+from storebot.chat import keyboards as kb
 from storebot.chat import texts
-from storebot.orders import Effect
+from storebot.effects import Effect
 from storebot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,21 @@ def render(effect: Effect, settings: Settings) -> tuple[int | None, str]:
             )
         case "ops_alert":
             return settings.OPS_CHAT_ID, f"Payment alert: {effect.detail}"
+        case "topped_up":
+            return effect.telegram_id, texts.topped_up(
+                effect.bot_id or "", effect.detail["amount"], effect.detail["balance"]
+            )
+        case "balance_alert":
+            return effect.telegram_id, texts.balance_alert(
+                effect.bot_id or "", effect.detail["percent"], effect.detail["balance"]
+            )
     return None, ""
+
+
+def keyboard(effect: Effect) -> InlineKeyboardMarkup | None:
+    if effect.kind == "balance_alert" and effect.bot_id:
+        return kb.topup_button(effect.bot_id)
+    return None
 
 
 async def send_effects(bot: Bot, settings: Settings, effects: list[Effect]) -> None:
@@ -61,4 +77,4 @@ async def send_effects(bot: Bot, settings: Settings, effects: list[Effect]) -> N
         if chat is None:
             log.warning("no chat for effect %s: %s", effect.kind, effect.detail)
             continue
-        await bot.send_message(chat, text)
+        await bot.send_message(chat, text, reply_markup=keyboard(effect))

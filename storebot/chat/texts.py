@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from storebot.deploy import DeployResult
+from storebot.ledger import Report, format_usd
 from storebot.plans import Plan, format_price
 from storebot.settings import Settings
 
@@ -36,7 +37,8 @@ HELP = (
     "1. /newbot: choose a plan and pay.\n"
     "2. Create a bot with @BotFather and send me its token.\n"
     "3. I start your assistant; only you can talk to it.\n\n"
-    "/mybots shows your bots. /cancel stops what you are doing."
+    "/mybots shows your bots, /topup adds LLM credit, /balance shows it. "
+    "/cancel stops what you are doing."
 )
 
 CHOOSE_PLAN = "Choose a plan:"
@@ -80,6 +82,7 @@ def ready(result: DeployResult, support: str) -> str:
         f"Gateway token: {result.gateway_token}\n"
         "Store this token now: it is shown only this once.\n\n"
         "Next: open your bot and send /start. Only you can talk to it.\n"
+        "It answers once it has LLM credit: add some with /topup, see it with /balance.\n"
         f"Support: {support}"
     )
 
@@ -94,4 +97,66 @@ def deploy_failed(reason: str, support: str) -> str:
     return (
         f"I could not start your assistant: {reason}\n\n"
         f"Your order stays paid: send the token again to retry, or write to {support}."
+    )
+
+
+# LLM credit ----------------------------------------------------------------------
+
+NO_FUNDABLE_BOT = "You have no assistant to top up yet. Send /newbot to create one."
+CHOOSE_TOPUP_BOT = "Which assistant gets the credit?"
+ASK_AMOUNT_PREFIX = "How many dollars of LLM credit for bot "
+
+
+def choose_amount(bot_id: str, balance: int) -> str:
+    return f"LLM credit for bot {bot_id} (balance now {format_usd(balance)}). How much?"
+
+
+def ask_amount(bot_id: str, low: object, high: object) -> str:
+    return (
+        f"{ASK_AMOUNT_PREFIX}{bot_id}? Between ${low} and ${high}. "
+        "Reply to this message with the amount, like 20 or 12.50."
+    )
+
+
+def pay_topup(bot_id: str, micro: int) -> str:
+    return (
+        f"{format_usd(micro)} of LLM credit for bot {bot_id}. Pay with the button below; "
+        "the credit is there a few seconds after the payment."
+    )
+
+
+def topped_up(bot_id: str, amount: int, balance: int) -> str:
+    return (
+        f"Thank you! {format_usd(amount)} of LLM credit added to bot {bot_id}. "
+        f"Balance: {format_usd(balance)}."
+    )
+
+
+def balance_alert(bot_id: str, percent: int, balance: int) -> str:
+    if percent == 0:
+        return (
+            f"Bot {bot_id} has used up its LLM credit (balance {format_usd(balance)}): it "
+            "answers with a top-up reminder until you add credit."
+        )
+    return (
+        f"Bot {bot_id} has {format_usd(balance)} of LLM credit left, {percent}% or less of "
+        "your last top-up."
+    )
+
+
+def balance_report(bot_id: str, username: str | None, r: Report) -> str:
+    name = f" (@{username})" if username else ""
+    days = r.days_left()
+    forecast = (
+        f"At the last 7 days' rate that lasts about {days:.0f} more day(s)."
+        if days is not None and days >= 1
+        else "At the last 7 days' rate that lasts less than a day."
+        if days is not None
+        else "No usage in the last 7 days."
+    )
+    return (
+        f"Bot {bot_id}{name}\n"
+        f"Balance: {format_usd(r.balance)}\n"
+        f"Spent today: {format_usd(r.today)}; last 7 days: {format_usd(r.week)}\n"
+        f"{forecast}"
     )

@@ -723,9 +723,18 @@ class FakeTelegram:
         *,
         username: str | None = None,
         first_name: str = "Alice",
+        reply_to: int | None = None,
     ) -> JSON:
-        """The customer writes ``text`` to the bot in their private chat; returns the Message."""
+        """The customer writes ``text`` to the bot in their private chat; returns the Message.
+        ``reply_to``: the id of a message in that chat this one answers (e.g. a ForceReply
+        question); it is sent along as ``reply_to_message``, as Telegram does."""
         content: JSON = {"text": text}
+        if reply_to is not None:
+            with self._cond:
+                replied = self._bot(token).chat(user_id).messages.get(reply_to)
+                if replied is None:
+                    raise ValueError(f"no message {reply_to} in the chat with {user_id}")
+                content["reply_to_message"] = copy.deepcopy(replied.data)
         if text.startswith("/"):
             length = len(text.split()[0].encode("utf-16-le")) // 2
             content["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
