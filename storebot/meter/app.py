@@ -1,0 +1,187 @@
+"""The meter's HTTP app: POST /v1/chat/completions for the bots, GET /metrics and
+GET /healthz for the operator.
+
+One call: bearer -> bot (the SHA-256 of its LLM token, looked up in memory) -> refused
+unless the bot may run -> body checked, the model forced to OPENROUTER_MODEL -> one of
+the bot's slots -> balance > 0 ? forward and debit `usage.cost` x LLM_MARKUP : the
+"top up" answer (200, see `replies`). An upstream failure reaches the bot as an error
+and is not charged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from storebot.ledger import Debit, cost_to_micro
+from storebot.meter import replies
+from storebot.meter.book import MAY_CALL, Book, Caller
+from storebot.meter.metrics import CONTENT_TYPE, MeterMetrics
+from storebot.meter.upstream import Costs, Upstream, UpstreamFailed, drain
+from storebot.models import utcnow
+from storebot.settings import Settings
+
+log = logging.getLogger(__name__)
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@dataclass
+class Meter:
+    settings: Settings
+    book: Book
+    upstream: Upstream
+    metrics: MeterMetrics
+    shop_username: str | None = None  # the management bot, named in the "top up" answer
+
+
+def _fail(status: int, message: str, kind: str, code: str) -> web.Response:
+    return web.json_response(replies.error(message, kind, code), status=status)
+
+
+def build_meter_app(m: Meter) -> web.Application:
+    s = m.settings
+    bot_net = ipaddress.ip_network(s.BOT_NETWORK_SUBNET)
+
+    def authenticate(request: web.Request) -> Caller | web.Response:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        caller = m.book.caller(hashlib.sha256(token.encode()).hexdigest()) if token else None
+        if caller is None:
+            m.metrics.refusals.labels("unknown", "unknown_token").inc()
+            why = "no API key" if not token else "this API key is not valid"
+            return _fail(401, why, "invalid_request_error", "invalid_api_key")
+        if caller.status not in MAY_CALL:
+            m.metrics.refusals.labels(caller.bot_id, "suspended").inc()
+            m.metrics.requests.labels(caller.bot_id, "refused").inc()
+            return _fail(
+                403,
+                f"bot {caller.bot_id} is {caller.status}: its LLM access is off",
+                "permission_error",
+                "bot_not_running",
+            )
+        return caller
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        caller = authenticate(request)
+        if isinstance(caller, web.Response):
+            return caller
+        bot = caller.bot_id
+        try:
+            payload = json.loads(await request.read())
+            if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+                raise ValueError("not a chat completion request")
+        except web.HTTPRequestEntityTooLarge:
+            raise
+        except ValueError as exc:
+            m.metrics.requests.labels(bot, "bad_request").inc()
+            return _fail(400, f"malformed request: {exc}", "invalid_request_error", "bad_json")
+        stream = payload.get("stream") is True
+        # One model for everyone, whatever was asked. (OpenRouter reports usage.cost in
+        # every answer: no opt-in needed any more.)
+        payload["model"] = s.OPENROUTER_MODEL
+        async with m.book.slot(bot):
+            if m.book.balance(bot) <= 0:
+                return empty_balance(request, bot, stream)
+            body = json.dumps(payload).encode()
+            if stream:
+                return await forward_stream(request, bot, body)
+            return await forward(bot, body)
+
+    def empty_balance(request: web.Request, bot: str, stream: bool) -> web.Response:
+        m.metrics.refusals.labels(bot, "empty_balance").inc()
+        m.metrics.requests.labels(bot, "empty_balance").inc()
+        text = replies.empty_balance_text(bot, m.shop_username)
+        if stream:
+            body = replies.completion_stream(s.OPENROUTER_MODEL, text)
+            return web.Response(body=body, headers=SSE_HEADERS)
+        body = replies.completion(s.OPENROUTER_MODEL, text)
+        return web.Response(body=body, content_type="application/json")
+
+    def charge(bot: str, cost: Any, note: str) -> None:
+        if cost is None:
+            m.metrics.uncosted.labels(bot).inc()
+            micro = s.LLM_UNKNOWN_COST_MICRO
+        else:
+            micro = cost_to_micro(cost, s.LLM_MARKUP)
+        if micro > 0:
+            m.book.charge(Debit(bot, micro, utcnow(), note))
+            m.metrics.debited.labels(bot).inc(micro)
+
+    def upstream_error(bot: str, exc: UpstreamFailed) -> web.Response:
+        m.metrics.requests.labels(bot, "upstream_error").inc()
+        kind = "invalid_request_error" if exc.status == 400 else "upstream_error"
+        return _fail(exc.status, str(exc), kind, f"upstream_{exc.status}")
+
+    async def forward(bot: str, body: bytes) -> web.Response:
+        started = time.perf_counter()
+        try:
+            answer = await m.upstream.complete(body)
+        except UpstreamFailed as exc:
+            return upstream_error(bot, exc)
+        finally:
+            m.metrics.upstream_seconds.labels(bot).observe(time.perf_counter() - started)
+        charge(bot, answer.cost, "chat")
+        m.metrics.requests.labels(bot, "forwarded").inc()
+        return web.Response(body=answer.body, content_type="application/json")
+
+    async def forward_stream(request: web.Request, bot: str, body: bytes) -> web.StreamResponse:
+        started, costs = time.perf_counter(), Costs()
+        out: web.StreamResponse | None = None
+        try:
+            async with m.upstream.stream(body) as resp:
+                out = web.StreamResponse(headers=SSE_HEADERS)
+                await out.prepare(request)
+                async for data in resp.content.iter_any():
+                    costs.feed(data)
+                    try:
+                        await out.write(data)
+                    except ConnectionError:  # the bot hung up: still learn the cost
+                        await drain(resp, costs)
+                        break
+                costs.close()
+        except UpstreamFailed as exc:
+            if out is None:  # nothing sent yet: a proper error status
+                return upstream_error(bot, exc)
+            log.warning("stream of bot %s broke: %s", bot, exc)  # the bot sees it cut short
+        except TimeoutError:
+            log.warning("stream of bot %s: the bot did not read it to the end in time", bot)
+        finally:
+            m.metrics.upstream_seconds.labels(bot).observe(time.perf_counter() - started)
+        if costs.cost is not None or costs.done:  # a complete answer, or one with a price
+            charge(bot, costs.cost, "chat stream")
+            m.metrics.requests.labels(bot, "forwarded").inc()
+        else:
+            m.metrics.requests.labels(bot, "upstream_error").inc()
+        assert out is not None
+        return out
+
+    async def metrics(request: web.Request) -> web.Response:
+        # Bots reach this port: what other bots spend is none of their business.
+        if _from(request.remote, bot_net):
+            return web.Response(status=403, text="forbidden")
+        m.metrics.unwritten.set(m.book.unwritten)
+        return web.Response(body=m.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(request: web.Request) -> web.Response:
+        ok = m.book.synced
+        return web.json_response({"status": "ok" if ok else "starting"}, status=200 if ok else 503)
+
+    app = web.Application(client_max_size=s.METER_MAX_BODY_BYTES)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _from(remote: str | None, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote) in net
+    except ValueError:
+        return False
