@@ -2,14 +2,23 @@
 
 `running_services()` starts what storebot needs beside Docker: the traefik binary
 (docker provider, constrained to one STOREBOT_INSTANCE label), a stand-in LLM meter
-and one more "private" port on the host, which bots must not reach. `cleanup()`
-removes every container, network and firewall chain carrying that instance label.
+and one more "private" port on the host, which bots must not reach.
+
+The stand-in meter (`StubMeter`, `Services.meter`) answers GET with b"meter" and
+POST <...>/chat/completions with a canned chat completion whose assistant text is
+STUB_REPLY, or with HTTP 500 when the last message's text contains STUB_FAIL_TEXT.
+It records every POST: `services.meter_requests` (all, oldest first) or
+`services.meter.wait_for(llm_token, n)` (those with `authorization: Bearer <llm_token>`).
+
+`cleanup()` removes every container, network and firewall chain carrying that
+instance label.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import secrets
 import shutil
 import socket
@@ -19,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -59,6 +68,74 @@ def base_env(instance: str, **overrides: Any) -> dict[str, str]:
     return env
 
 
+STUB_REPLY = "stub reply"
+#: a user text containing this makes the stub meter answer HTTP 500
+STUB_FAIL_TEXT = "please fail"
+
+
+@dataclass(frozen=True)
+class MeterRequest:
+    """One POST the stub meter received."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]  # as received: names keep their case, in order
+    body: bytes
+    json: Any  # the parsed body, None when it is not JSON
+
+    def header(self, name: str) -> str | None:
+        """The first header of that name (case-insensitive), or None."""
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    @property
+    def bearer(self) -> str | None:
+        auth = self.header("Authorization") or ""
+        return auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+
+    @property
+    def user_text(self) -> str | None:
+        """The content of the last message (the user text, for nullclawd)."""
+        try:
+            content = self.json["messages"][-1]["content"]
+        except (KeyError, IndexError, TypeError):
+            return None
+        return content if isinstance(content, str) else None
+
+
+class StubMeter:
+    """What the stand-in meter received; safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._requests: list[MeterRequest] = []
+
+    def record(self, request: MeterRequest) -> None:
+        with self._changed:
+            self._requests.append(request)
+            self._changed.notify_all()
+
+    @property
+    def requests(self) -> list[MeterRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, llm_token: str) -> list[MeterRequest]:
+        return [r for r in self.requests if r.bearer == llm_token]
+
+    def wait_for(self, llm_token: str, count: int = 1, timeout: float = 10) -> list[MeterRequest]:
+        """The requests bearing `llm_token`, once there are at least `count` of them
+        (fewer when `timeout` seconds pass first)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [r for r in self._requests if r.bearer == llm_token]
+                left = deadline - time.monotonic()
+                if len(found) >= count or left <= 0:
+                    return found
+                self._changed.wait(left)
+
+
 @dataclass
 class Services:
     instance: str
@@ -71,6 +148,12 @@ class Services:
     forbidden_port: int
     data_root: Path
     traefik_log: Path
+    meter: StubMeter = field(default_factory=StubMeter)
+
+    @property
+    def meter_requests(self) -> list[MeterRequest]:
+        """Every POST the stub meter received, oldest first (a copy)."""
+        return self.meter.requests
 
     @property
     def web_url(self) -> str:
@@ -99,6 +182,7 @@ class Services:
 
 class _Answer(BaseHTTPRequestHandler):
     body = b""
+    meter: StubMeter | None = None  # set: also a chat-completions endpoint
 
     def do_GET(self) -> None:
         self.send_response(200)
@@ -106,12 +190,72 @@ class _Answer(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(self.body)
 
+    def do_POST(self) -> None:
+        if self.meter is None:
+            self.send_error(501, f"Unsupported method ({self.command!r})")
+            return
+        raw = self._read_body()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        request = MeterRequest(self.command, self.path, list(self.headers.items()), raw, parsed)
+        self.meter.record(request)
+        if not self.path.split("?")[0].endswith("/chat/completions"):
+            self._json(404, {"error": {"message": "not found", "code": 404}})
+        elif STUB_FAIL_TEXT in (request.user_text or ""):
+            self._json(500, {"error": {"message": "stub meter failure", "code": 500}})
+        else:
+            self._json(200, _completion(parsed, len(raw)))
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline().strip():  # trailers
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _json(self, status: int, value: object) -> None:
+        out = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
     def log_message(self, *args: Any) -> None:
         pass
 
 
-def _serve(port: int, body: bytes) -> ThreadingHTTPServer:
-    handler = type("Answer", (_Answer,), {"body": body})
+def _completion(request: Any, size: int) -> dict[str, Any]:
+    model = request.get("model") if isinstance(request, dict) else None
+    prompt_tokens, completion_tokens = size // 4, 2
+    return {
+        "id": "chatcmpl-stub-" + secrets.token_hex(6),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model if isinstance(model, str) else "stub",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": STUB_REPLY},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _serve(port: int, body: bytes, meter: StubMeter | None = None) -> ThreadingHTTPServer:
+    handler = type("Answer", (_Answer,), {"body": body, "meter": meter})
     server = ThreadingHTTPServer(("0.0.0.0", port), handler)  # noqa: S104 (bots reach it)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -157,7 +301,10 @@ def running_services(
         data_root=workdir / "bots",
         traefik_log=workdir / "traefik.log",
     )
-    servers = [_serve(svc.meter_port, b"meter"), _serve(svc.forbidden_port, b"private")]
+    servers = [
+        _serve(svc.meter_port, b"meter", svc.meter),
+        _serve(svc.forbidden_port, b"private"),
+    ]
     args = [
         traefik_binary(),
         f"--entrypoints.web.address=127.0.0.1:{svc.web_port}",

@@ -3,7 +3,8 @@
 There is no registry: the images are made FROM scratch with ``docker import`` of
 an in-memory tarball holding a statically linked busybox (all applets linked in
 /bin) plus the shell script ``tests/standin/nullclaw`` (or ``nullclaw-unhealthy``)
-at /usr/local/bin/nullclaw and a small ``curl`` shim (``tests/standin/curl``).
+at /usr/local/bin/nullclaw, a small ``curl`` shim (``tests/standin/curl``) and the
+LLM request template of ``tests/standin/llm_request.py`` (at its TEMPLATE_PATH).
 The layout matches the upstream image (see NULLCLAW.md): HOME=/nullclaw-data,
 uid:gid 65534:65534, ENTRYPOINT ["nullclaw"], CMD ["gateway","--port","3000","--host","::"].
 
@@ -32,6 +33,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from tests.standin import llm_request
+
 __all__ = [
     "BUSYBOX_PATH",
     "HASH_LABEL",
@@ -50,7 +53,7 @@ HASH_LABEL = "org.storebot.standin.hash"
 BUSYBOX_PATH = Path(os.environ.get("STANDIN_BUSYBOX", "/bin/busybox"))
 
 # Bump to force a rebuild when the tarball layout / image config changes.
-_LAYOUT_VERSION = "1"
+_LAYOUT_VERSION = "2"
 
 _HERE = Path(__file__).resolve().parent
 _SCRIPTS = {
@@ -143,7 +146,7 @@ def _applets(path: Path) -> list[str]:
     return [n for n in names if "/" not in n and n not in ("", ".", "..")]
 
 
-def _content_hash(busybox: bytes, script: bytes, curl: bytes, tag: str) -> str:
+def _content_hash(busybox: bytes, script: bytes, curl: bytes, template: bytes, tag: str) -> str:
     h = hashlib.sha256()
     for part in (
         _LAYOUT_VERSION.encode(),
@@ -152,12 +155,15 @@ def _content_hash(busybox: bytes, script: bytes, curl: bytes, tag: str) -> str:
         hashlib.sha256(busybox).digest(),
         script,
         curl,
+        template,
     ):
         h.update(hashlib.sha256(part).digest())
     return h.hexdigest()
 
 
-def _tarball(busybox: bytes, script: bytes, curl: bytes, applets: list[str]) -> bytes:
+def _tarball(
+    busybox: bytes, script: bytes, curl: bytes, template: bytes, applets: list[str]
+) -> bytes:
     buf = io.BytesIO()
     mtime = 1_700_000_000
 
@@ -179,7 +185,12 @@ def _tarball(busybox: bytes, script: bytes, curl: bytes, applets: list[str]) -> 
         tf.addfile(ti)
 
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        for d in ("bin", "etc", "usr", "usr/local", "usr/local/bin", "proc", "sys", "dev"):
+        template_path = llm_request.TEMPLATE_PATH.lstrip("/")
+        template_dir = template_path.rpartition("/")[0]
+        dirs = ["bin", "etc", "usr", "usr/local", "usr/local/bin", "proc", "sys", "dev"]
+        parts = template_dir.split("/")
+        dirs += ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        for d in dict.fromkeys(dirs):
             add_dir(d)
         add_dir("tmp", 0o1777)
         add_dir("nullclaw-data", 0o755, _UID, _GID)
@@ -190,6 +201,7 @@ def _tarball(busybox: bytes, script: bytes, curl: bytes, applets: list[str]) -> 
             add_symlink(f"bin/{name}", "busybox")
         add_file("usr/local/bin/nullclaw", script, 0o755)
         add_file("usr/local/bin/curl", curl, 0o755)
+        add_file(template_path, template, 0o644)
         add_file(
             "etc/passwd",
             b"root:x:0:0:root:/root:/bin/sh\n"
@@ -255,15 +267,17 @@ def ensure_images(client: docker.DockerClient) -> None:
         try:
             applets: list[str] | None = None
             curl = _CURL_SHIM.read_bytes()
+            template = llm_request.template()
             for tag, script_path in _SCRIPTS.items():
                 script = script_path.read_bytes()
-                want = _content_hash(busybox, script, curl, tag)
+                want = _content_hash(busybox, script, curl, template, tag)
                 old_id, have = _current(client, tag)
                 if have == want:
                     continue
                 if applets is None:
                     applets = _applets(BUSYBOX_PATH)
-                _import(client, tag, _tarball(busybox, script, curl, applets), want)
+                tar = _tarball(busybox, script, curl, template, applets)
+                _import(client, tag, tar, want)
                 if old_id is not None:
                     # drop the outdated, now untagged image (kept if still in use)
                     with contextlib.suppress(docker.errors.APIError):
