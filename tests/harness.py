@@ -160,24 +160,24 @@ class Services:
         return f"http://127.0.0.1:{self.web_port}"
 
     def env(self, tg: FakeTelegram, db: str, **overrides: Any) -> dict[str, str]:
-        """Settings (as environment) that point storebot at these services."""
-        return base_env(
-            self.instance,
-            DATABASE_URL=db,
-            DATA_ROOT=self.data_root,
-            NULLCLAW_IMAGE=STANDIN,
-            BOT_NETWORK=self.network,
-            BOT_NETWORK_SUBNET=self.subnet,
-            LLM_METER_URL=f"http://{self.gateway}:{self.meter_port}/v1",
-            TELEGRAM_API_BASE=tg.base_url,
-            TRAEFIK_ENTRYPOINTS="web",
-            TRAEFIK_CERT_RESOLVER="",
-            TRAEFIK_PROBE_ENTRYPOINT="probe",
-            HEALTH_PROBE_URL=f"http://127.0.0.1:{self.probe_port}",
-            HEALTH_TIMEOUT_SECONDS=20,
-            BOT_URL_SCHEME="http",
-            **overrides,
-        )
+        """Settings (as environment) that point storebot at these services; `overrides`
+        win (e.g. LLM_METER_URL for a real meter)."""
+        defaults: dict[str, Any] = {
+            "DATABASE_URL": db,
+            "DATA_ROOT": self.data_root,
+            "NULLCLAW_IMAGE": STANDIN,
+            "BOT_NETWORK": self.network,
+            "BOT_NETWORK_SUBNET": self.subnet,
+            "LLM_METER_URL": f"http://{self.gateway}:{self.meter_port}/v1",
+            "TELEGRAM_API_BASE": tg.base_url,
+            "TRAEFIK_ENTRYPOINTS": "web",
+            "TRAEFIK_CERT_RESOLVER": "",
+            "TRAEFIK_PROBE_ENTRYPOINT": "probe",
+            "HEALTH_PROBE_URL": f"http://127.0.0.1:{self.probe_port}",
+            "HEALTH_TIMEOUT_SECONDS": 20,
+            "BOT_URL_SCHEME": "http",
+        }
+        return base_env(self.instance, **(defaults | overrides))
 
 
 class _Answer(BaseHTTPRequestHandler):
