@@ -124,6 +124,25 @@ class Settings(BaseSettings):
     RENEWAL_GRACE_DAYS: float = Field(default=3, ge=0)
     JOBS_INTERVAL_SECONDS: float = Field(default=60, gt=0)
 
+    # Operations: the ops chat (admins only), the anomaly watch, the reconciler
+    ADMIN_USER_IDS: str = ""  # Telegram user ids, comma-separated
+    ANOMALY_INTERVAL_SECONDS: float = Field(default=15, gt=0)
+    ANOMALY_AUTO_SUSPEND: bool = True
+    ANOMALY_CPU_PERCENT: float = Field(default=90, gt=0, le=100)
+    ANOMALY_CPU_MINUTES: float = Field(default=5, gt=0)
+    ANOMALY_MEM_PERCENT: float = Field(default=95, gt=0, le=100)
+    ANOMALY_MEM_MINUTES: float = Field(default=5, gt=0)
+    ANOMALY_OOM_KILLS: Positive = 3
+    ANOMALY_OOM_MINUTES: float = Field(default=10, gt=0)
+    ANOMALY_RPS: float = Field(default=20, gt=0)
+    ANOMALY_RPS_MINUTES: float = Field(default=2, gt=0)
+    ANOMALY_SPEND_USD_PER_HOUR: Decimal = Field(default=Decimal(5), gt=0)
+    ANOMALY_SPEND_MINUTES: float = Field(default=30, gt=0)
+    TOKEN_CHECK_MINUTES: float = Field(default=30, gt=0)
+    # Traefik's Prometheus metrics (per-bot request rates); empty: that rule is off.
+    TRAEFIK_METRICS_URL: str | None = "http://127.0.0.1:8082/metrics"
+    RECONCILE_INTERVAL_SECONDS: float = Field(default=60, gt=0)
+
     # Plans and payments (Stripe is needed to sell, not by the admin CLI)
     PLANS_FILE: Path | None = None
     TERMS_FILE: Path | None = None
@@ -152,7 +171,14 @@ class Settings(BaseSettings):
         _refuse_placeholder(value.get_secret_value())
         return value
 
-    @field_validator("PLANS_FILE", "TERMS_FILE", "DOCKER_HOST", "OPS_CHAT_ID", mode="before")
+    @field_validator(
+        "PLANS_FILE",
+        "TERMS_FILE",
+        "DOCKER_HOST",
+        "OPS_CHAT_ID",
+        "TRAEFIK_METRICS_URL",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -270,6 +296,13 @@ class Settings(BaseSettings):
         _usd_list(value, "amounts in USD such as 5,10,25")
         return value
 
+    @field_validator("ADMIN_USER_IDS")
+    @classmethod
+    def _admin_ids(cls, value: str) -> str:
+        if any(not re.fullmatch(r"-?\d+", v.strip()) for v in value.split(",") if v.strip()):
+            raise ValueError("must be numeric Telegram user ids, comma-separated")
+        return value
+
     @field_validator("BALANCE_ALERT_PERCENTS")
     @classmethod
     def _percents(cls, value: str) -> str:
@@ -318,6 +351,9 @@ class Settings(BaseSettings):
                 "selling needs these settings (environment or .env): " + ", ".join(missing)
             )
         return key.get_secret_value(), hook.get_secret_value()
+
+    def admin_ids(self) -> frozenset[int]:
+        return frozenset(int(v) for v in self.ADMIN_USER_IDS.split(",") if v.strip())
 
     def topup_presets(self) -> list[Decimal]:
         return _usd_list(self.TOPUP_PRESETS_USD, "")
