@@ -144,3 +144,16 @@ async def test_balance_shows_spend_and_a_forecast(shop: Shop) -> None:
     alice.press(report, kb.TopupBot.unpack(top_up["callback_data"]))
     await alice.says("LLM credit for bot tup00007 (balance now $9.30)")
     engine.dispose()
+
+
+async def test_mybots_shows_the_llm_credit(shop: Shop) -> None:
+    engine = make_engine(shop.settings.DATABASE_URL)
+    bot = add_bot(engine, "tup00008", ALICE, username="alice_ai_bot")
+    with session(engine) as s:
+        ledger.credit_topup(s, bot, 2_500_000, ref="cs_mb", actor="stripe")
+        s.commit()
+    alice = shop.chat(ALICE)
+    alice.send("/mybots")
+    card = await alice.says("Bot tup00008: @alice_ai_bot")
+    assert "LLM credit: $2.50 (/topup adds some)" in card["text"]
+    engine.dispose()

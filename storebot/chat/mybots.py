@@ -17,10 +17,11 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from storebot import bot_ops, orders
+from storebot import bot_ops, ledger, orders
 from storebot.chat import keyboards as kb
 from storebot.errors import StorebotError
 from storebot.hosting import Hosting
+from storebot.ledger import format_usd
 from storebot.models import Bot, BotStatus
 from storebot.orders import bots_in
 from storebot.settings import Settings
@@ -79,7 +80,7 @@ NOTES = {
 }
 
 
-def card(bot: Bot, settings: Settings) -> str:
+def card(bot: Bot, settings: Settings, balance: int | None = None) -> str:
     username = f"@{bot.telegram_username}" if bot.telegram_username else "(no Telegram bot yet)"
     paid = f"{bot.paid_until:%Y-%m-%d}" if bot.paid_until else "-"
     lines = [
@@ -88,6 +89,8 @@ def card(bot: Bot, settings: Settings) -> str:
         f"Plan: {bot.plan}",
         f"Paid until: {paid}",
     ]
+    if balance is not None:
+        lines.append(f"LLM credit: {format_usd(balance)} (/topup adds some)")
     if bot.status is not BotStatus.awaiting_token:
         lines.append(f"URL: {settings.bot_url(bot.id)}")
     note = NOTES.get(bot.status)
@@ -190,8 +193,11 @@ async def _show(tg: TgBot, h: Hosting, user_id: int) -> None:
     if not bots:
         await tg.send_message(user_id, NO_BOTS)
         return
+    with h.session() as s:
+        balances = {b.id: ledger.balance(s, b.id) for b in bots}
     for bot in bots:
-        await tg.send_message(user_id, card(bot, h.settings), reply_markup=actions(bot))
+        funded = None if bot.status is BotStatus.awaiting_token else balances[bot.id]
+        await tg.send_message(user_id, card(bot, h.settings, funded), reply_markup=actions(bot))
 
 
 async def restart(
