@@ -110,7 +110,10 @@ class LedgerEntry(SQLModel, table=True):
     A bot's balance is the sum of its entries (kept summed in `LlmAccount`)."""
 
     __tablename__ = "ledger_entry"
-    __table_args__ = (Index("ix_ledger_entry_bot_at", "bot_id", "at"),)
+    __table_args__ = (
+        Index("ix_ledger_entry_bot_at", "bot_id", "at"),
+        Index("ix_ledger_entry_at", "at"),  # recent spend of all bots (anomaly watch)
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     bot_id: str = Field(foreign_key="bot.id", max_length=16)

@@ -334,20 +334,25 @@ async def test_metrics_per_bot(meter: MeterUnderTest) -> None:
 
 
 async def test_metrics_are_not_served_to_the_bots(migrated_db: str) -> None:
+    """An address in BOT_NETWORK_SUBNET is a bot, except the bridge gateway (.1), which
+    is the host itself (storebot scraping)."""
     with FakeOpenRouter(api_key=UPSTREAM_KEY) as upstream:
         env = meter_env(migrated_db, upstream, BOT_NETWORK_SUBNET="127.0.0.0/8")
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
         stop = asyncio.Event()
         task = asyncio.create_task(serve(build_meter(settings), stop))
+        url = f"http://127.0.0.1:{settings.METER_PORT}/metrics"
         try:
-            async with httpx.AsyncClient() as http:
+            as_bot = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+            async with httpx.AsyncClient(transport=as_bot) as bot, httpx.AsyncClient() as host:
                 for _ in range(200):
                     try:
-                        resp = await http.get(f"http://127.0.0.1:{settings.METER_PORT}/metrics")
+                        from_host = await host.get(url)
                         break
                     except httpx.HTTPError:
                         await asyncio.sleep(0.02)
-            assert resp.status_code == 403
+                assert from_host.status_code == 200
+                assert (await bot.get(url)).status_code == 403
         finally:
             stop.set()
             await task

@@ -37,6 +37,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("ledger_entry", schema=None) as batch_op:
         batch_op.create_index("ix_ledger_entry_bot_at", ["bot_id", "at"], unique=False)
+        batch_op.create_index("ix_ledger_entry_at", ["at"], unique=False)
 
     op.create_table(
         "llm_account",
@@ -56,6 +57,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("llm_account")
     with op.batch_alter_table("ledger_entry", schema=None) as batch_op:
+        batch_op.drop_index("ix_ledger_entry_at")
         batch_op.drop_index("ix_ledger_entry_bot_at")
 
     op.drop_table("ledger_entry")

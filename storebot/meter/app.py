@@ -48,6 +48,7 @@ def _fail(status: int, message: str, kind: str, code: str) -> web.Response:
 def build_meter_app(m: Meter) -> web.Application:
     s = m.settings
     bot_net = ipaddress.ip_network(s.BOT_NETWORK_SUBNET)
+    host_on_bridge = bot_net.network_address + 1  # Docker gives the bridge gateway .1
 
     def authenticate(request: web.Request) -> Caller | web.Response:
         auth = request.headers.get("Authorization", "")
@@ -163,8 +164,9 @@ def build_meter_app(m: Meter) -> web.Application:
         return out
 
     async def metrics(request: web.Request) -> web.Response:
-        # Bots reach this port: what other bots spend is none of their business.
-        if _from(request.remote, bot_net):
+        # Bots reach this port: what other bots spend is none of their business. The
+        # host's own address on the bridge (the gateway) is storebot, not a bot.
+        if _from(request.remote, bot_net) and request.remote != str(host_on_bridge):
             return web.Response(status=403, text="forbidden")
         m.metrics.unwritten.set(m.book.unwritten)
         return web.Response(body=m.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
