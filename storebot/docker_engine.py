@@ -3,6 +3,10 @@
 docker-py is synchronous: every call goes through `asyncio.to_thread` here and
 nowhere else. Lookups are by deterministic container name, and 404/409 answers mean
 "already done", so each method can be re-run after a crash and converge.
+
+Resource accounting (`stats_all`) reads the kernel's cgroup files of each container
+when this host's cgroup tree is visible (the daemon is local and /sys/fs/cgroup is
+there), and asks the Docker API otherwise; see `storebot.sampling` for why.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+import docker.utils
 import requests
 
 from storebot.errors import DockerUnavailable, EngineError, ImageMissing
@@ -28,6 +36,10 @@ from storebot.errors import DockerUnavailable, EngineError, ImageMissing
 T = TypeVar("T")
 SPEC_HASH_LABEL = "storebot.spec-hash"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Docker answers a stats request at its collector's next one-second tick, so the API
+# path asks for every container at once (up to this many) to share one tick.
+STATS_CONCURRENCY = 128
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,36 @@ class NetworkInfo:
     bridge: str
 
 
+@dataclass(frozen=True)
+class ContainerStats:
+    """One reading of a running container's resource accounting."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    read_at: datetime
+    cpu_ns: int  # CPU time used since the container (re)started
+    cpu_limit: float | None  # CPUs; None = no limit
+    mem_bytes: int  # working set: usage minus inactive page cache, as `docker stats`
+    mem_limit: int | None
+    source: str  # "cgroup" or "api"
+
+
+@dataclass(frozen=True)
+class OomEvent:
+    container_id: str
+    labels: dict[str, str]
+    at: float  # daemon's clock, Unix seconds
+
+
+@dataclass(frozen=True)
+class CgroupReading:
+    cpu_ns: int
+    cpu_limit: float | None
+    mem_bytes: int
+    mem_limit: int | None
+
+
 def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -57,18 +99,27 @@ class DockerEngine:
         self._timeout = timeout
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
+        # (CPU limit, memory limit) per container id, for the API path of stats_all
+        self._limits: dict[str, tuple[float | None, int | None]] = {}
 
     def _docker(self) -> docker.DockerClient:
         # Built lazily (and rebuilt after a failure) so a daemon that comes back is used.
         with self._lock:
             if self._client is None:
                 _probe(self._base_url or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET)
+                # the pool holds STATS_CONCURRENCY connections so that stats_all's
+                # parallel API path reuses them instead of opening and dropping extras
                 if self._base_url:
                     self._client = docker.DockerClient(
-                        base_url=self._base_url, version="auto", timeout=self._timeout
+                        base_url=self._base_url,
+                        version="auto",
+                        timeout=self._timeout,
+                        max_pool_size=STATS_CONCURRENCY,
                     )
                 else:
-                    self._client = docker.from_env(timeout=self._timeout)
+                    self._client = docker.from_env(
+                        timeout=self._timeout, max_pool_size=STATS_CONCURRENCY
+                    )
             return self._client
 
     async def _run(self, fn: Callable[[docker.DockerClient], T]) -> T:
@@ -225,6 +276,84 @@ class DockerEngine:
 
         return await self._run(logs)
 
+    # Resource accounting
+    async def stats_all(
+        self, label: str, cgroup_root: Path | None = CGROUP_ROOT
+    ) -> list[ContainerStats]:
+        """CPU and memory of every running container carrying `label` ("key=value"):
+        one list call, then the cgroup files of each (no Docker call), or the Docker
+        API, all containers at once, for those whose files are not visible here.
+        `cgroup_root=None` forces the API path."""
+
+        def sweep(d: docker.DockerClient) -> list[ContainerStats]:
+            listed = d.api.containers(filters={"label": [label], "status": "running"})
+            found: list[ContainerStats] = []
+            rest = []
+            for c in listed:
+                reading = read_cgroup(cgroup_root, c["Id"]) if cgroup_root else None
+                if reading is None:
+                    rest.append(c)
+                    continue
+                found.append(_stats(c, datetime.now(UTC), reading, "cgroup"))
+            if rest:
+                with ThreadPoolExecutor(min(len(rest), STATS_CONCURRENCY)) as pool:
+                    found += [s for s in pool.map(lambda c: self._api_stats(d, c), rest) if s]
+            live = {c["Id"] for c in listed}
+            for gone in [k for k in self._limits if k not in live]:
+                self._limits.pop(gone, None)
+            return found
+
+        return await self._run(sweep)
+
+    def _api_stats(self, d: docker.DockerClient, c: dict[str, Any]) -> ContainerStats | None:
+        cid = c["Id"]
+        try:
+            if cid not in self._limits:
+                host = d.api.inspect_container(cid)["HostConfig"]
+                self._limits[cid] = (_cpus(host), int(host.get("Memory") or 0) or None)
+            # one-shot (API 1.41+) skips priming the CPU delta we do not use
+            one_shot = None if docker.utils.version_lt(d.api.api_version, "1.41") else True
+            raw = d.api.stats(cid, stream=False, one_shot=one_shot)
+        except docker.errors.APIError:
+            return None  # stopped or removed since the list: no reading this time
+        cpu, mem = raw.get("cpu_stats") or {}, raw.get("memory_stats") or {}
+        if "usage" not in mem:
+            return None  # not running any more: Docker answers with empty stats
+        memstat = mem.get("stats") or {}
+        inactive = memstat.get("total_inactive_file", memstat.get("inactive_file", 0))
+        cpu_limit, mem_limit = self._limits[cid]
+        reading = CgroupReading(
+            cpu_ns=int(cpu["cpu_usage"]["total_usage"]),
+            cpu_limit=cpu_limit,
+            mem_bytes=max(int(mem["usage"]) - int(inactive), 0),
+            mem_limit=mem_limit,
+        )
+        return _stats(c, _parse_time(raw.get("read")), reading, "api")
+
+    async def oom_events(self, label: str, since: int, until: int) -> list[OomEvent]:
+        """OOM kills Docker saw in containers carrying `label`, between two Unix times.
+
+        Docker answers from its last 256 events of every kind, host-wide, so call
+        this often: a flood between two calls loses the oldest (an undercount). The
+        kernel may report one kill as several events a few ms apart."""
+
+        def events(d: docker.DockerClient) -> list[OomEvent]:
+            filters = {"type": "container", "event": "oom", "label": [label]}
+            stream = d.events(since=since, until=until, filters=filters, decode=True)
+            try:
+                return [
+                    OomEvent(
+                        container_id=e["Actor"]["ID"],
+                        labels=e["Actor"].get("Attributes") or {},
+                        at=e["timeNano"] / 1e9,
+                    )
+                    for e in stream
+                ]
+            finally:
+                stream.close()
+
+        return await self._run(events)
+
 
 def _probe(base_url: str) -> None:
     """Connect once to the daemon's socket (and close it) before docker-py does: its
@@ -270,6 +399,86 @@ def _state(c: Any, network: str | None = None) -> ContainerState:
         started_at=st["StartedAt"],
         ip=ip or None,
     )
+
+
+def _stats(c: dict[str, Any], at: datetime, r: CgroupReading, source: str) -> ContainerStats:
+    return ContainerStats(
+        id=c["Id"],
+        name=(c.get("Names") or ["/?"])[0].lstrip("/"),
+        labels=c.get("Labels") or {},
+        read_at=at,
+        cpu_ns=r.cpu_ns,
+        cpu_limit=r.cpu_limit,
+        mem_bytes=r.mem_bytes,
+        mem_limit=r.mem_limit,
+        source=source,
+    )
+
+
+def _cpus(host: dict[str, Any]) -> float | None:
+    if host.get("NanoCpus"):
+        return int(host["NanoCpus"]) / 1e9
+    quota, period = host.get("CpuQuota") or 0, host.get("CpuPeriod") or 100_000
+    return quota / period if quota > 0 else None
+
+
+def _parse_time(value: str | None) -> datetime:
+    """Docker's RFC 3339 time with nanoseconds; now if absent."""
+    if not value or value.startswith("0001-"):
+        return datetime.now(UTC)
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+
+
+# Where Docker's two cgroup drivers put a container, relative to a hierarchy's root.
+_CGROUP_DIRS = ("docker/{id}", "system.slice/docker-{id}.scope")
+_NO_LIMIT = 1 << 62  # cgroup v1 writes "no limit" as a huge page-aligned number
+
+
+def read_cgroup(root: Path, container_id: str) -> CgroupReading | None:
+    """A container's CPU and memory from the kernel's cgroup files (v2 or v1), or
+    None when they are not visible here (remote daemon, other layout, just exited)."""
+    v2 = (root / "cgroup.controllers").exists()
+    for pattern in _CGROUP_DIRS:
+        rel = pattern.format(id=container_id)
+        try:
+            return _read_v2(root / rel) if v2 else _read_v1(root, rel)
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def _read_v2(d: Path) -> CgroupReading:
+    cpu = _keyed(d / "cpu.stat")
+    quota, period = (d / "cpu.max").read_text().split()
+    mem_max = (d / "memory.max").read_text().strip()
+    usage = int((d / "memory.current").read_text())
+    return CgroupReading(
+        cpu_ns=cpu["usage_usec"] * 1000,
+        cpu_limit=None if quota == "max" else int(quota) / int(period),
+        mem_bytes=max(usage - _keyed(d / "memory.stat").get("inactive_file", 0), 0),
+        mem_limit=None if mem_max == "max" else int(mem_max),
+    )
+
+
+def _read_v1(root: Path, rel: str) -> CgroupReading:
+    cpu, mem = root / "cpu" / rel, root / "memory" / rel
+    quota = int((cpu / "cpu.cfs_quota_us").read_text())
+    period = int((cpu / "cpu.cfs_period_us").read_text())
+    limit = int((mem / "memory.limit_in_bytes").read_text())
+    usage = int((mem / "memory.usage_in_bytes").read_text())
+    return CgroupReading(
+        cpu_ns=int((root / "cpuacct" / rel / "cpuacct.usage").read_text()),
+        cpu_limit=quota / period if quota > 0 else None,
+        mem_bytes=max(usage - _keyed(mem / "memory.stat").get("total_inactive_file", 0), 0),
+        mem_limit=None if limit >= _NO_LIMIT else limit,
+    )
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    """A flat-keyed cgroup file ("name value" per line)."""
+    pairs = (line.split() for line in path.read_text().splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2}
 
 
 def _unreachable(base_url: str | None, exc: BaseException) -> str:
