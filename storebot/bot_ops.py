@@ -23,11 +23,12 @@ from storebot.errors import (
     InvalidTransition,
     StateChanged,
     StorebotError,
+    TokenFormatError,
 )
 from storebot.hosting import Hosting
 from storebot.lifecycle import plan_action
 from storebot.models import Bot, BotStatus, Customer, utcnow
-from storebot.tokens import redact
+from storebot.tokens import check_token_format, redact
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,46 @@ async def restart(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
             await _their_word_stands(h, s, bot)
         h.record(s, bot, actor=actor, reason=reason or "restarted")
         return Outcome(bot.id, bot.status, True, f"bot {bot.id} restarted")
+
+
+#: status_reason of a bot suspended because Telegram no longer accepts its token
+TOKEN_REVOKED = "Telegram token revoked"  # noqa: S105 (a reason, not a secret)
+
+
+def awaiting_new_token(bot: Bot) -> bool:
+    return bot.status is BotStatus.suspended and (bot.status_reason or "").startswith(TOKEN_REVOKED)
+
+
+async def replace_token(h: Hosting, bot_id: str, token: str, *, actor: str) -> str:
+    """The owner's new Telegram token for a bot suspended because its token was revoked:
+    checked (format, getMe, the same Telegram bot), written with fresh gateway and LLM
+    tokens, and the bot resumed. Returns the new gateway token."""
+    token = token.strip()
+    tg_id = check_token_format(token)
+    me = await h.telegram.get_me(token)
+    with h.session() as s:
+        bot = h.get_bot(s, bot_id)
+        if not awaiting_new_token(bot):
+            raise InvalidTransition(f"bot {bot.id} is {bot.status}; it needs no new token")
+        if tg_id != bot.telegram_bot_id:
+            raise TokenFormatError(
+                f"That token belongs to @{me.username}, not to @{bot.telegram_username}. "
+                f"Send the new token of @{bot.telegram_username} (@BotFather, /token)."
+            )
+        _require_data(h, bot)
+        owner = s.get(Customer, bot.customer_id)
+        assert owner is not None
+        with _one_at_a_time(bot.id):
+            try:
+                gateway_token = deploy.write_secrets(h, bot, token=token, owner=owner.telegram_id)
+            except OSError as exc:
+                raise deploy.cannot_write(h, exc) from None
+            bot.token_encrypted = h.tokens.seal(token)
+            bot.telegram_username = me.username
+            s.add(bot)
+            s.commit()
+            await h.start_and_wait(s, bot, actor=actor, why="new Telegram token")
+        return gateway_token
 
 
 async def rotate_gateway_token(h: Hosting, bot_id: str, *, actor: str) -> str:

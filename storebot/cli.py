@@ -24,6 +24,8 @@ examples:
   storebot admin deploy --token 123456:AA... --owner 5550001
   echo "$TOKEN" | storebot admin deploy --token - --owner 5550001 --json
   storebot admin list
+  storebot admin list --status suspended
+  storebot admin stats
   storebot admin suspend b3k9x2qa --reason "spam reports"
   storebot admin destroy b3k9x2qa --yes
   storebot admin credit b3k9x2qa 5 --note "refund: upstream outage on 11-24"
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--plan", default="standard", help="hosting plan (default: standard)")
     lst = cmd("list", "list hosted bots", bot_id=False)
     lst.add_argument("--all", action="store_true", help="include destroyed bots")
+    lst.add_argument(
+        "--status",
+        metavar="STATUS",
+        help="only bots in this status: running, suspended, failed, deploying, destroyed, ...",
+    )
     cmd("show", "show one bot: status, limits, container, recent events")
     s = cmd("suspend", "stop a bot now and take its route down (kill switch)")
     s.add_argument("--reason", default="", help="why (recorded with your name)")
@@ -89,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--note", required=True, help="why (kept on the ledger with your name)")
     cmd("balance", "show a bot's LLM balance and spend today / over 7 days")
     cmd("purge-data", "remove data of destroyed bots past DATA_RETENTION_DAYS", bot_id=False)
+    cmd(
+        "stats",
+        "bots by status, revenue (top-ups, hosting), LLM spend, host load, repairs",
+        bot_id=False,
+    )
     return p
 
 
@@ -242,10 +254,16 @@ async def _deploy(h: Any, args: argparse.Namespace) -> int:
 
 async def _list(h: Any, args: argparse.Namespace) -> int:
     from storebot.bot_ops import list_bots
+    from storebot.models import BotStatus
+    from storebot.ops import parse_status
 
-    bots = list_bots(h, include_destroyed=args.all)
+    status = parse_status(args.status) if args.status else None
+    bots = list_bots(h, include_destroyed=args.all or status is BotStatus.destroyed)
+    if status:
+        bots = [b for b in bots if b["status"] == status]
     rows = [f"{b['id']:<10} {b['status']:<17} {b['url']}" for b in bots]
-    _emit(args, bots, "\n".join(rows) if rows else "no bots yet")
+    none = f"no {status} bots" if status else "no bots yet"
+    _emit(args, bots, "\n".join(rows) if rows else none)
     return 0
 
 
@@ -332,6 +350,15 @@ async def _balance(h: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _stats(h: Any, args: argparse.Namespace) -> int:
+    from storebot.chat.texts import ops_stats
+    from storebot.ops import stats
+
+    st = await stats(h)
+    _emit(args, asdict(st), ops_stats(st))
+    return 0
+
+
 ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "deploy": _deploy,
     "list": _list,
@@ -344,4 +371,5 @@ ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "purge-data": _purge,
     "credit": _credit,
     "balance": _balance,
+    "stats": _stats,
 }

@@ -1,5 +1,5 @@
 """What runs on a schedule (APScheduler): hosting expiry, deploys waiting for Docker,
-and balance alerts.
+balance alerts, and the anomaly watch (`storebot.watch`).
 
 Each job is a plain async function over `Hosting` that returns Effects for the chat
 layer; `start_jobs` puts them on an AsyncIOScheduler every JOBS_INTERVAL_SECONDS.
@@ -24,6 +24,7 @@ from storebot.errors import DockerUnavailable, StorebotError
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotStatus, Customer, utcnow
 from storebot.orders import queued_deploys
+from storebot.watch import Watch
 
 log = logging.getLogger(__name__)
 EXPIRED = "hosting expired"
@@ -114,13 +115,29 @@ def start_jobs(h: Hosting, on_effects: OnEffects) -> AsyncIOScheduler:
         except Exception:  # one bad run must not stop the schedule
             log.exception("job %s failed", job.__name__)
 
+    watch = Watch(h)
+
+    async def watch_anomalies(h: Hosting) -> list[Effect]:
+        try:
+            return await watch.run()
+        except DockerUnavailable as exc:
+            log.warning("anomaly watch skipped: %s", exc)
+            return []
+
+    s = h.settings
+    every = s.JOBS_INTERVAL_SECONDS
+    schedule: list[tuple[Callable[[Hosting], Awaitable[list[Effect]]], float]] = [
+        (expire_hosting, every),
+        (retry_queued_deploys, every),
+        (balance_alerts, every),
+        (watch_anomalies, s.ANOMALY_INTERVAL_SECONDS),
+    ]
     scheduler = AsyncIOScheduler()
-    every = h.settings.JOBS_INTERVAL_SECONDS
-    for job in (expire_hosting, retry_queued_deploys, balance_alerts):
+    for job, seconds in schedule:
         scheduler.add_job(
             run,
             "interval",
-            seconds=every,
+            seconds=seconds,
             args=[job],
             id=job.__name__,
             max_instances=1,

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from storebot import topups
+from storebot.bot_ops import awaiting_new_token
 from storebot.effects import Effect
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotEvent, BotStatus, Customer, StripeEvent, utcnow
@@ -128,6 +129,13 @@ def paid_order_awaiting_token(h: Hosting, telegram_id: int) -> Bot | None:
     with h.session() as s:
         found = bots_in(s, telegram_id, BotStatus.awaiting_token, BotStatus.failed)
         return next((b for b in found if b.paid_until is not None), None)
+
+
+def bot_awaiting_new_token(h: Hosting, telegram_id: int) -> str | None:
+    """The id of the customer's bot suspended because its Telegram token was revoked."""
+    with h.session() as s:
+        found = bots_in(s, telegram_id, BotStatus.suspended)
+        return next((b.id for b in found if awaiting_new_token(b)), None)
 
 
 DOCKER_DOWN = "Docker is not reachable"  # how DockerUnavailable messages begin

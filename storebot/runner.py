@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.types import BotCommand
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import BotCommand, BotCommandScopeChat
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 
@@ -25,6 +26,8 @@ from storebot.app import build_hosting, build_payments
 from storebot.chat.handlers import make_router
 from storebot.chat.mybots import make_mybots_router
 from storebot.chat.notify import send_effects
+from storebot.chat.ops import COMMANDS as OPS_COMMANDS
+from storebot.chat.ops import make_ops_router
 from storebot.chat.throttle import Throttle
 from storebot.chat.topup import make_topup_router
 from storebot.effects import Effect
@@ -78,6 +81,8 @@ def build_management(settings: Settings) -> Management:
     throttle = Throttle(settings.THROTTLE_PER_MINUTE)
     dp.message.outer_middleware(throttle)
     dp.callback_query.outer_middleware(throttle)
+    if settings.OPS_CHAT_ID is not None:  # first: nothing said there reaches the rest
+        dp.include_router(make_ops_router(settings.OPS_CHAT_ID, settings.admin_ids()))
     dp.include_router(make_topup_router())  # first: a typed amount is not a token
     dp.include_router(make_router())
     dp.include_router(make_mybots_router())
@@ -104,6 +109,7 @@ async def serve(m: Management, stop: asyncio.Event) -> None:
     site = web.TCPSite(runner, m.settings.WEB_HOST, m.settings.WEB_PORT)
     await site.start()
     await m.bot.set_my_commands(COMMANDS)
+    await _set_ops_commands(m)
     polling = None
     if m.settings.TELEGRAM_MODE == "webhook":
         await m.bot.set_webhook(
@@ -125,6 +131,18 @@ async def serve(m: Management, stop: asyncio.Event) -> None:
             await polling
         await runner.cleanup()
         await m.aclose()
+
+
+async def _set_ops_commands(m: Management) -> None:
+    chat = m.settings.OPS_CHAT_ID
+    if chat is None:
+        return
+    if not m.settings.admin_ids():
+        log.warning("OPS_CHAT_ID is set but ADMIN_USER_IDS is empty: nobody can use the ops chat")
+    try:
+        await m.bot.set_my_commands(OPS_COMMANDS, scope=BotCommandScopeChat(chat_id=chat))
+    except TelegramAPIError as exc:  # e.g. the bot is not (yet) a member of that chat
+        log.warning("cannot set the ops chat's command menu (OPS_CHAT_ID %s): %s", chat, exc)
 
 
 async def run(settings: Settings) -> None:

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # Traefik's Prometheus metrics (per-bot request rates); empty: that rule is off.
     TRAEFIK_METRICS_URL: str | None = "http://127.0.0.1:8082/metrics"
     RECONCILE_INTERVAL_SECONDS: float = Field(default=60, gt=0)
+    # The host's cgroup tree, read for CPU and memory of every bot in one sweep; empty:
+    # ask Docker's stats API instead (slower; for a remote DOCKER_HOST).
+    CGROUP_ROOT: Path | None = Path("/sys/fs/cgroup")
 
     # Plans and payments (Stripe is needed to sell, not by the admin CLI)
     PLANS_FILE: Path | None = None
@@ -177,6 +180,7 @@ class Settings(BaseSettings):
         "DOCKER_HOST",
         "OPS_CHAT_ID",
         "TRAEFIK_METRICS_URL",
+        "CGROUP_ROOT",
         mode="before",
     )
     @classmethod

@@ -58,7 +58,9 @@ class Chat:
         msg = await self.tg.await_message(
             self.token, self.user, snippet, since=self.seen, timeout=timeout
         )
-        self.seen = len(self.tg.sent(self.token, self.user))
+        # past that entry only: what the bot said right after it is still to be read
+        said = self.tg.sent(self.token, self.user)
+        self.seen = next(i for i in range(self.seen, len(said)) if snippet in said[i]) + 1
         return msg
 
     async def order_hosting(self, plan: str = "standard") -> dict[str, Any]:

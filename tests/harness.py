@@ -144,6 +144,7 @@ class Services:
     gateway: str
     web_port: int
     probe_port: int
+    metrics_port: int
     meter_port: int
     forbidden_port: int
     data_root: Path
@@ -174,6 +175,7 @@ class Services:
             "TRAEFIK_CERT_RESOLVER": "",
             "TRAEFIK_PROBE_ENTRYPOINT": "probe",
             "HEALTH_PROBE_URL": f"http://127.0.0.1:{self.probe_port}",
+            "TRAEFIK_METRICS_URL": f"http://127.0.0.1:{self.metrics_port}/metrics",
             "HEALTH_TIMEOUT_SECONDS": 20,
             "BOT_URL_SCHEME": "http",
         }
@@ -296,6 +298,7 @@ def running_services(
         gateway=str(subnet.network_address + 1),
         web_port=free_port(),
         probe_port=free_port(),
+        metrics_port=free_port(),
         meter_port=free_port(),
         forbidden_port=free_port(),
         data_root=workdir / "bots",
@@ -309,6 +312,11 @@ def running_services(
         traefik_binary(),
         f"--entrypoints.web.address=127.0.0.1:{svc.web_port}",
         f"--entrypoints.probe.address=127.0.0.1:{svc.probe_port}",
+        # per-bot request counts for the anomaly watch, as in infra/docker-compose.yml
+        f"--entrypoints.metrics.address=127.0.0.1:{svc.metrics_port}",
+        "--metrics.prometheus=true",
+        "--metrics.prometheus.entryPoint=metrics",
+        "--metrics.prometheus.addRoutersLabels=true",
         "--providers.docker=true",
         "--providers.docker.exposedbydefault=false",
         f"--providers.docker.network={svc.network}",

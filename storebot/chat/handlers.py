@@ -12,7 +12,7 @@ from aiogram import Bot, F, Router
 from aiogram.filters import Command, CommandStart
 from aiogram.types import CallbackQuery, Message
 
-from storebot import deploy, orders
+from storebot import bot_ops, deploy, orders
 from storebot.chat import keyboards as kb
 from storebot.chat import texts
 from storebot.chat.notify import send_effects
@@ -110,6 +110,10 @@ async def cancel(message: Message, hosting: Hosting, payments: StripeGateway) ->
 async def token(message: Message, hosting: Hosting, bot: Bot) -> None:
     user, raw = message.chat.id, message.text or ""
     order = orders.paid_order_awaiting_token(hosting, user)
+    revoked = orders.bot_awaiting_new_token(hosting, user)
+    if order is None and revoked is not None:
+        await _replace_token(message, hosting, revoked, raw)
+        return
     if order is None:
         unpaid = orders.unpaid_order(hosting, user) is not None
         await message.answer(texts.PAY_FIRST if unpaid else texts.HELP)
@@ -143,6 +147,24 @@ async def token(message: Message, hosting: Hosting, bot: Bot) -> None:
         await status.edit_text(texts.deploy_failed(str(exc).split("\n")[0], support))
     else:
         await status.edit_text(texts.ready(result, support))
+
+
+async def _replace_token(message: Message, hosting: Hosting, revoked: str, raw: str) -> None:
+    await message.delete()  # the token must not stay in the chat
+    status = await message.answer(texts.progress("checking your new token"))
+    try:
+        gateway_token = await bot_ops.replace_token(
+            hosting, revoked, raw, actor=_actor(message.chat.id)
+        )
+    except TokenError as exc:
+        await status.edit_text(f"{exc}\n\nSend the new token again when you have it.")
+    except StorebotError as exc:
+        await status.edit_text(
+            texts.deploy_failed(str(exc).split("\n")[0], hosting.settings.SUPPORT_EMAIL)
+        )
+    else:
+        url = hosting.settings.bot_url(revoked)
+        await status.edit_text(texts.token_replaced(revoked, gateway_token, url))
 
 
 async def not_text(message: Message, hosting: Hosting) -> None:

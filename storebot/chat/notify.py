@@ -9,7 +9,9 @@ from aiogram.types import InlineKeyboardMarkup
 
 from storebot.chat import keyboards as kb
 from storebot.chat import texts
+from storebot.chat.ops import card_keyboard
 from storebot.effects import Effect
+from storebot.models import BotStatus
 from storebot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,21 @@ def render(effect: Effect, settings: Settings) -> tuple[int | None, str]:
             )
         case "ops_alert":
             return settings.OPS_CHAT_ID, f"Payment alert: {effect.detail}"
+        case "anomaly":
+            what = "suspended" if effect.detail["suspended"] else "NOT suspended (watch only)"
+            name = f" @{effect.detail['username']}" if effect.detail.get("username") else ""
+            return settings.OPS_CHAT_ID, (
+                f"Anomaly: bot {effect.bot_id}{name} (owner {effect.telegram_id}), {what}.\n"
+                + "\n".join(f"- {e}" for e in effect.detail["evidence"])
+            )
+        case "token_revoked":
+            return effect.telegram_id, texts.token_revoked(
+                effect.bot_id or "", effect.detail.get("username"), support
+            )
+        case "suspended_for_abuse":
+            return effect.telegram_id, texts.suspended_for_abuse(
+                effect.bot_id or "", effect.detail["evidence"], support
+            )
         case "topped_up":
             return effect.telegram_id, texts.topped_up(
                 effect.bot_id or "", effect.detail["amount"], effect.detail["balance"]
@@ -68,6 +85,8 @@ def render(effect: Effect, settings: Settings) -> tuple[int | None, str]:
 def keyboard(effect: Effect) -> InlineKeyboardMarkup | None:
     if effect.kind == "balance_alert" and effect.bot_id:
         return kb.topup_button(effect.bot_id)
+    if effect.kind == "anomaly" and effect.bot_id and effect.detail.get("suspended"):
+        return card_keyboard(effect.bot_id, BotStatus.suspended)  # Resume, Destroy
     return None
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from storebot import ops
 from storebot.deploy import DeployResult
 from storebot.ledger import Report, format_usd
+from storebot.models import Bot
 from storebot.plans import Plan, format_price
 from storebot.settings import Settings
 
@@ -159,4 +161,164 @@ def balance_report(bot_id: str, username: str | None, r: Report) -> str:
         f"Balance: {format_usd(r.balance)}\n"
         f"Spent today: {format_usd(r.today)}; last 7 days: {format_usd(r.week)}\n"
         f"{forecast}"
+    )
+
+
+def token_revoked(bot_id: str, username: str | None, support: str) -> str:
+    name = f"@{username}" if username else f"bot {bot_id}"
+    return (
+        f"Telegram no longer accepts the token of {name}: it was revoked or replaced in "
+        f"@BotFather. I have paused your assistant {bot_id} so it does not spin.\n\n"
+        f"Open @BotFather, choose {name}, 'API Token', and send me the current token "
+        f"here: your assistant starts again at once. Questions: {support}"
+    )
+
+
+def token_replaced(bot_id: str, gateway_token: str, url: str) -> str:
+    return (
+        f"Thank you: bot {bot_id} runs again with its new Telegram token.\n\n"
+        f"Gateway URL: {url}\nNew gateway token: {gateway_token}\n"
+        "Store it now: it is shown only this once; the old one no longer works."
+    )
+
+
+# Ops chat ------------------------------------------------------------------------
+
+OPS_HELP = (
+    "Ops commands (this chat, admins only):\n"
+    "/bots [status] - the bots, a page at a time\n"
+    "/bot ID - one bot: status, owner, plan, balance, resources, events\n"
+    "/suspend ID [reason] - kill switch: stopped, LLM off, route gone, owner told\n"
+    "/resume ID - start a suspended or failed bot again\n"
+    "/destroy ID - remove a bot and its data (asks first)\n"
+    "/credit ID AMOUNT [note] - add (or, negative, take) LLM credit in dollars\n"
+    "/stats - bots, revenue, LLM spend, host load, repairs"
+)
+OPS_USAGE = {
+    "bots": "Usage: /bots [status], e.g. /bots suspended",
+    "bot": "Usage: /bot ID (see /bots)",
+    "suspend": "Usage: /suspend ID [reason], e.g. /suspend k3v9x2qa spam reports",
+    "resume": "Usage: /resume ID",
+    "destroy": "Usage: /destroy ID",
+    "credit": "Usage: /credit ID AMOUNT [note], e.g. /credit k3v9x2qa 5 refund for the outage",
+}
+
+
+def ops_no_bot(bot_id: str) -> str:
+    return f"No bot with id {bot_id[:40]!r}. /bots lists them."
+
+
+def ops_page(page: ops.Page) -> str:
+    which = str(page.status) if page.status else "all but destroyed"
+    head = f"Bots ({which}): {page.total}, page {page.page + 1} of {page.pages}"
+    if not page.bots:
+        return f"{head}\n(none)"
+    lines = [
+        f"{b.id}  {b.status}  {'@' + b.username if b.username else '-'}  "
+        f"owner {b.owner or '-'}  {format_usd(b.balance_micro)}"
+        for b in page.bots
+    ]
+    return "\n".join([head, *lines])
+
+
+def ops_card(card: ops.Card) -> str:
+    i, r = card.info, card.balance
+    why = f" ({i['status_reason']})" if i.get("status_reason") else ""
+    name = f" @{i['telegram_username']}" if i.get("telegram_username") else ""
+    paid = f"paid until {card.paid_until:%Y-%m-%d}" if card.paid_until else "no paid period"
+    lines = [
+        f"Bot {i['id']}{name}: {i['status']}{why}",
+        f"Owner: {i['owner_telegram_id'] or '-'}",
+        f"Plan: {i['plan']}, {paid}",
+        f"LLM balance: {format_usd(r.balance)} (spent today {format_usd(r.today)}, "
+        f"7 days {format_usd(r.week)})",
+        f"Container: {_container(card)}",
+        "Last events:",
+    ]
+    lines += [
+        f"  {e['at'][:16]} {e['from'] or '-'} -> {e['to']} by {e['actor']}: {e['reason']}"
+        for e in i["events"][:5]
+    ] or ["  (none)"]
+    return "\n".join(lines)
+
+
+def _container(card: ops.Card) -> str:
+    state = card.info.get("container_state")
+    if state is None:
+        return "none"
+    text = str(state["status"])
+    if state["status"] != "running":
+        oom = ", OOM-killed" if state.get("oom_killed") else ""
+        return f"{text} (exit code {state.get('exit_code')}{oom})"
+    u = card.usage
+    if u is None:
+        return text
+    cpu = "?" if u.cpus is None else f"{u.cpus:.2f}"
+    of_cpus = f" of {u.cpu_limit:g}" if u.cpu_limit else ""
+    of_mem = f" of {_mib(u.mem_limit)}" if u.mem_limit else ""
+    return f"{text}, CPU {cpu}{of_cpus}, memory {_mib(u.mem_bytes)}{of_mem}"
+
+
+def _mib(n: int) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n < 100 * 2**20 else f"{n / 2**20:.0f} MiB"
+
+
+def ops_stats(st: ops.Stats) -> str:
+    bots = ", ".join(f"{k} {v}" for k, v in sorted(st.bots.items())) or "none"
+    load = " ".join(f"{x:.2f}" for x in st.load) if st.load else "unknown"
+    mem = (
+        f"{_mib(st.mem_available)} free of {_mib(st.mem_total)}"
+        if st.mem_total is not None and st.mem_available is not None
+        else "unknown"
+    )
+    running = "Docker did not answer" if st.containers is None else f"{st.containers}"
+    return "\n".join(
+        [
+            f"Bots: {bots} (total {sum(st.bots.values())})",
+            f"Top-ups: {format_usd(st.topups_today)} today, {format_usd(st.topups_30d)} in 30 days",
+            f"Hosting: {st.paid_bots} paid bot(s), "
+            f"{format_price(st.hosting_monthly_cents, st.currency)} a month",
+            f"LLM spend: {format_usd(st.llm_today)} today, {format_usd(st.llm_7d)} in 7 days",
+            f"Host: load {load}; memory {mem}; bot containers running: {running}",
+            f"Repairs (reconciler): {st.repairs_today} today, {st.repairs_7d} in 7 days",
+        ]
+    )
+
+
+def ops_confirm_destroy(bot: Bot) -> str:
+    name = f" (@{bot.telegram_username})" if bot.telegram_username else ""
+    return (
+        f"Destroy bot {bot.id}{name}, {bot.status}? Its container and data are deleted and "
+        "its subscription cancelled; this cannot be undone. The owner is told."
+    )
+
+
+def owner_suspended(bot_id: str, reason: str, support: str) -> str:
+    return (
+        f"Your assistant {bot_id} has been suspended by our team: {reason}.\n"
+        "It is stopped and cannot use the LLM until this is resolved.\n"
+        f"To know more or to ask us to restore it, write to {support}."
+    )
+
+
+def owner_resumed(bot_id: str) -> str:
+    return f"Good news: your assistant {bot_id} is running again."
+
+
+def owner_destroyed(bot_id: str, support: str) -> str:
+    return (
+        f"Your assistant {bot_id} has been removed by our team, with its data; its "
+        f"hosting subscription ends with it. Questions: {support}"
+    )
+
+
+def suspended_for_abuse(bot_id: str, evidence: list[str], support: str) -> str:
+    why = "\n".join(f"- {e}" for e in evidence)
+    return (
+        f"Your assistant {bot_id} was paused automatically: it behaved in a way that "
+        f"looks like abuse or a fault.\n{why}\n\n"
+        f"If you think this is a mistake, write to {support}: we look at it and "
+        "restart it."
     )

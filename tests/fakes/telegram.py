@@ -971,3 +971,77 @@ class FakeTelegram:
         """Hold every later call of ``method`` for ``seconds`` before answering (0 to clear)."""
         with self._cond:
             self._delays[method.lower()] = seconds
+
+    # -- group chats (e.g. an operators' chat) ------------------------------------------------
+    def send_group_text(
+        self,
+        token: str,
+        chat_id: int,
+        user_id: int,
+        text: str,
+        *,
+        username: str | None = None,
+        first_name: str = "Admin",
+    ) -> JSON:
+        """User ``user_id`` writes ``text`` in the group ``chat_id`` (negative); returns the
+        Message. Like ``send_text``, a leading ``/word`` is marked as a bot command."""
+        if chat_id >= 0:
+            raise ValueError(f"group chat ids are negative, not {chat_id}")
+        content: JSON = {"text": text}
+        if text.startswith("/"):
+            length = len(text.split()[0].encode("utf-16-le")) // 2
+            content["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+        with self._cond:
+            bot = self._bot(token)
+            user = {"id": user_id, "is_bot": False, "first_name": first_name}
+            user |= {"language_code": "en"} | ({"username": username} if username else {})
+            bot._users[user_id] = user
+            chat = bot.chat(chat_id)
+            msg: JSON = {
+                "message_id": chat.next_id,
+                "from": user,
+                "chat": bot.chat_object(chat_id),
+                "date": int(time.time()),
+                **content,
+            }
+            chat.next_id += 1
+            chat.messages[msg["message_id"]] = _Msg(msg, from_bot=False)
+            self._push(bot, {"message": msg})
+            return copy.deepcopy(msg)
+
+    def press_group_button(
+        self,
+        token: str,
+        chat_id: int,
+        user_id: int,
+        message_id: int,
+        callback_data: str,
+        *,
+        username: str | None = None,
+        first_name: str = "Admin",
+    ) -> str:
+        """User ``user_id`` presses an inline button of a live bot message in the group
+        ``chat_id``; returns the callback query id. The button need not be shown there
+        (a forged press), but the message must exist."""
+        with self._cond:
+            bot = self._bot(token)
+            msg = bot.chat(chat_id).messages.get(message_id)
+            if msg is None or msg.deleted or not msg.from_bot:
+                raise ValueError(f"no live bot message {message_id} in chat {chat_id}")
+            user = {"id": user_id, "is_bot": False, "first_name": first_name}
+            user |= {"username": username} if username else {}
+            query_id = str(secrets.randbits(62))
+            bot._callbacks[query_id] = None
+            self._push(
+                bot,
+                {
+                    "callback_query": {
+                        "id": query_id,
+                        "from": user,
+                        "message": copy.deepcopy(msg.data),
+                        "data": callback_data,
+                        "chat_instance": str((bot.id << 20) ^ (chat_id & 0xFFFFFFFF)),
+                    }
+                },
+            )
+            return query_id
