@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("amount", metavar="USD", help="dollars, e.g. 5 or 2.50 or -1")
     cr.add_argument("--note", required=True, help="why (kept on the ledger with your name)")
     cmd("balance", "show a bot's LLM balance and spend today / over 7 days")
+    cmd(
+        "reconcile",
+        "compare the database with Docker once and repair drift (start, stop, remove)",
+        bot_id=False,
+    )
     cmd("purge-data", "remove data of destroyed bots past DATA_RETENTION_DAYS", bot_id=False)
     cmd(
         "stats",
@@ -359,6 +364,17 @@ async def _stats(h: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reconcile(h: Any, args: argparse.Namespace) -> int:
+    from storebot.reconciler import reconcile
+
+    repairs = await reconcile(h)
+    lines = [
+        f"{'ok ' if r.ok else 'FAILED '}{r.action} {r.bot_id or '-'}: {r.detail}" for r in repairs
+    ]
+    _emit(args, [asdict(r) for r in repairs], "\n".join(lines) or "nothing to repair")
+    return 0 if all(r.ok for r in repairs) else 1
+
+
 ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "deploy": _deploy,
     "list": _list,
@@ -370,6 +386,7 @@ ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "logs": _logs,
     "purge-data": _purge,
     "credit": _credit,
+    "reconcile": _reconcile,
     "balance": _balance,
     "stats": _stats,
 }

@@ -12,6 +12,7 @@ there), and asks the Docker API otherwise; see `storebot.sampling` for why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -127,16 +128,24 @@ class DockerEngine:
             try:
                 return fn(self._docker())
             except (requests.ConnectionError, requests.Timeout) as exc:
-                self._client = None
+                self._drop_client()
                 raise DockerUnavailable(_unreachable(self._base_url, exc)) from None
             except docker.errors.APIError as exc:
                 # Anything the daemon refused that the caller did not handle itself.
                 raise EngineError(f"Docker refused: {exc.explanation or exc}") from None
             except docker.errors.DockerException as exc:
-                self._client = None
+                self._drop_client()
                 raise DockerUnavailable(_unreachable(self._base_url, exc)) from None
 
         return await asyncio.to_thread(call)
+
+    def _drop_client(self) -> None:
+        """Forget a client whose daemon went away, closing its pooled sockets (the
+        next call builds a new one)."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     async def ping(self) -> None:
         await self._run(lambda d: d.ping())
@@ -353,6 +362,25 @@ class DockerEngine:
                 stream.close()
 
         return await self._run(events)
+
+    # Reconciliation
+    async def containers(self, labels: list[str]) -> list[tuple[str, str, dict[str, str]]]:
+        """(name, state, labels) of every container carrying all `labels` ("key=value"),
+        running or not, in one call. State is Docker's: created, running, restarting,
+        paused, exited, dead or removing."""
+
+        def listing(d: docker.DockerClient) -> list[tuple[str, str, dict[str, str]]]:
+            found = d.api.containers(all=True, filters={"label": labels})
+            return [
+                (
+                    (c.get("Names") or ["/?"])[0].lstrip("/"),
+                    str(c.get("State") or ""),
+                    c.get("Labels") or {},
+                )
+                for c in found
+            ]
+
+        return await self._run(listing)
 
 
 def _probe(base_url: str) -> None:

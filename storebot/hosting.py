@@ -134,8 +134,10 @@ class Hosting:
             raise StorebotError(f"bot {bot.id} has no Telegram token on record; deploy it again")
         await self.telegram.get_me(self.tokens.open(bot.token_encrypted))
 
-    async def prepare_network(self) -> NetworkInfo:
-        if self._network is None:
+    async def prepare_network(self, *, fresh: bool = False) -> NetworkInfo:
+        """The bot network and its firewall, made sure of once per process (`fresh`:
+        again, e.g. after dockerd restarted or someone edited the rules)."""
+        if self._network is None or fresh:
             s = self.settings
             net = await self.docker.ensure_network(
                 s.BOT_NETWORK, s.BOT_NETWORK_SUBNET, {LABEL_INSTANCE: s.STOREBOT_INSTANCE}

@@ -1,5 +1,6 @@
 """What runs on a schedule (APScheduler): hosting expiry, deploys waiting for Docker,
-balance alerts, and the anomaly watch (`storebot.watch`).
+balance alerts, the anomaly watch (`storebot.watch`) and the reconciler (at start-up
+too: every job runs once when the scheduler starts).
 
 Each job is a plain async function over `Hosting` that returns Effects for the chat
 layer; `start_jobs` puts them on an AsyncIOScheduler every JOBS_INTERVAL_SECONDS.
@@ -24,6 +25,7 @@ from storebot.errors import DockerUnavailable, StorebotError
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotStatus, Customer, utcnow
 from storebot.orders import queued_deploys
+from storebot.reconciler import reconcile
 from storebot.watch import Watch
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,23 @@ async def balance_alerts(h: Hosting) -> list[Effect]:
     return await asyncio.to_thread(due_alerts, h)
 
 
+async def reconcile_drift(h: Hosting) -> list[Effect]:
+    """Repair drift between the database and Docker; tell the ops chat what was
+    repaired and owners whose interrupted deploy was finished or failed."""
+    done = [r for r in await reconcile(h) if r.ok]
+    if not done:
+        return []
+    effects = [Effect("repairs", detail={"lines": [r.detail for r in done]})]
+    kinds = {"finish_deploy": "deploy_recovered", "fail": "deploy_interrupted"}
+    with h.session() as s:
+        for r in done:
+            bot = s.get(Bot, r.bot_id) if r.bot_id and r.action in kinds else None
+            owner = s.get(Customer, bot.customer_id) if bot else None
+            if bot is not None and owner is not None:
+                effects.append(Effect(kinds[r.action], owner.telegram_id, bot.id))
+    return effects
+
+
 def start_jobs(h: Hosting, on_effects: OnEffects) -> AsyncIOScheduler:
     async def run(job: Callable[[Hosting], Awaitable[list[Effect]]]) -> None:
         try:
@@ -132,6 +151,8 @@ def start_jobs(h: Hosting, on_effects: OnEffects) -> AsyncIOScheduler:
         (balance_alerts, every),
         (watch_anomalies, s.ANOMALY_INTERVAL_SECONDS),
     ]
+    if s.RECONCILER:
+        schedule.append((reconcile_drift, s.RECONCILE_INTERVAL_SECONDS))  # also at start-up
     scheduler = AsyncIOScheduler()
     for job, seconds in schedule:
         scheduler.add_job(

@@ -139,3 +139,16 @@ class LlmAccount(SQLModel, table=True):
     # The lowest alert level (percent) already sent since that top-up; None: none yet.
     alerted_percent: int | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RepairRecord(SQLModel, table=True):
+    """Append-only: one row per repair the reconciler made (counted by /stats).
+    `bot_id` is empty for a container of a bot the database does not know."""
+
+    __tablename__ = "repair"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    bot_id: str | None = Field(default=None, foreign_key="bot.id", max_length=16)
+    action: str = Field(max_length=32)
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False))

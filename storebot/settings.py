@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     TOKEN_CHECK_MINUTES: float = Field(default=30, gt=0)
     # Traefik's Prometheus metrics (per-bot request rates); empty: that rule is off.
     TRAEFIK_METRICS_URL: str | None = "http://127.0.0.1:8082/metrics"
+    RECONCILER: bool = True  # off: no automatic repairs (`storebot admin reconcile`)
     RECONCILE_INTERVAL_SECONDS: float = Field(default=60, gt=0)
     # The host's cgroup tree, read for CPU and memory of every bot in one sweep; empty:
     # ask Docker's stats API instead (slower; for a remote DOCKER_HOST).

@@ -63,6 +63,10 @@ def base_env(instance: str, **overrides: Any) -> dict[str, str]:
         "SUPPORT_EMAIL": "help@storebot.test",
         "STOREBOT_SECRET_KEY": SECRET_KEY,
         "STOREBOT_INSTANCE": instance,
+        # Tests share one instance label and keep bots as bare rows: a reconciler in a
+        # test's storebot would "repair" other tests' containers and rows.
+        # tests/test_reconciler.py runs it on purpose.
+        "RECONCILER": "false",
     }
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -149,6 +149,8 @@ async def test_strangers_in_the_ops_chat_get_nothing(ops_chat: Ops) -> None:
     for text in ("/suspend opsq0001 mine now", "/bots", "/stats", "/start", "hello", "/help"):
         ops_chat.send(text, user=STRANGER, username="mallory")
     ops_chat.send("123456789:" + "A" * 35, user=STRANGER)  # no customer handler either
+    for n in range(40):  # a flood: no "slow down" either
+        ops_chat.send(f"spam {n}", user=STRANGER, username="mallory")
     await ops_chat.quiet()
     help_msg = ops_chat.tg.chat_messages(ops_chat.token, OPS)[-1]
     # forged buttons on a message of the bot in the ops chat

@@ -63,6 +63,22 @@ def render(effect: Effect, settings: Settings) -> tuple[int | None, str]:
                 f"Anomaly: bot {effect.bot_id}{name} (owner {effect.telegram_id}), {what}.\n"
                 + "\n".join(f"- {e}" for e in effect.detail["evidence"])
             )
+        case "repairs":
+            lines = effect.detail["lines"]
+            return settings.OPS_CHAT_ID, (
+                f"Reconciler: {len(lines)} repair(s)\n" + "\n".join(f"- {x}" for x in lines[:30])
+            )
+        case "deploy_recovered":
+            return effect.telegram_id, (
+                f"Your assistant {effect.bot_id} is live: its setup was interrupted on our "
+                "side and has now finished. Its gateway token could not be shown to you: "
+                "open /mybots and tap 'New gateway token'."
+            )
+        case "deploy_interrupted":
+            return effect.telegram_id, (
+                f"Setting up your assistant {effect.bot_id} was interrupted on our side. "
+                "Send me your bot's token again and I finish it; your order stays paid."
+            )
         case "token_revoked":
             return effect.telegram_id, texts.token_revoked(
                 effect.bot_id or "", effect.detail.get("username"), support

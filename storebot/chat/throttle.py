@@ -42,6 +42,13 @@ class Throttle(BaseMiddleware):
         ok, warn = self.allow(user.id, time.monotonic())
         if ok:
             return await handler(event, data)
-        if (warn and isinstance(event, Message)) or isinstance(event, CallbackQuery):
-            await event.answer(texts.SLOW_DOWN)
+        # Said only in private chats: in a group (the ops chat) a stranger hears nothing.
+        if _private(event) and (warn or isinstance(event, CallbackQuery)):
+            await event.answer(texts.SLOW_DOWN)  # type: ignore[attr-defined]
         return None
+
+
+def _private(event: TelegramObject) -> bool:
+    if isinstance(event, CallbackQuery):
+        return event.message is not None and event.message.chat.type == "private"
+    return isinstance(event, Message) and event.chat.type == "private"
