@@ -30,7 +30,6 @@ from storebot.hosting import Hosting
 from storebot.ledger import Report
 from storebot.models import (
     Bot,
-    BotEvent,
     BotStatus,
     Customer,
     LedgerEntry,
@@ -39,12 +38,11 @@ from storebot.models import (
     utcnow,
 )
 from storebot.plans import load_plans
+from storebot.reconciler import repair_counts
 from storebot.stripe_gateway import StripeGateway
 
 PAGE_SIZE = 10
 NO_REASON = "no reason given"
-#: whose BotEvents are repairs of drift between the database and Docker
-REPAIR_ACTORS = ("reconciler",)
 CPU_SAMPLE_SECONDS = 0.5
 MEMINFO = Path("/proc/meminfo")
 
@@ -278,13 +276,8 @@ def ledger_total(s: Session, kind: LedgerKind, since: datetime) -> int:
 
 
 def repairs(s: Session, since: datetime) -> int:
-    """Repairs since `since`: for now the BotEvents the reconciler recorded."""
-    found = s.exec(
-        select(func.count())
-        .select_from(BotEvent)
-        .where(col(BotEvent.actor).in_(REPAIR_ACTORS), col(BotEvent.at) >= since)
-    ).one()
-    return int(found)
+    """Repairs the reconciler made since `since` (its `repair` table)."""
+    return sum(repair_counts(s, since).values())
 
 
 def host_memory(path: Path = MEMINFO) -> tuple[int, int] | None:

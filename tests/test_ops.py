@@ -28,7 +28,7 @@ from storebot.app import build_hosting
 from storebot.chat import texts
 from storebot.chat.ops import Act, BotsPage, CardAction, DestroyConfirmed
 from storebot.db import make_engine, session
-from storebot.models import Bot, BotEvent, BotStatus, LedgerEntry, LedgerKind, utcnow
+from storebot.models import Bot, BotEvent, BotStatus, LedgerEntry, LedgerKind, RepairRecord, utcnow
 from storebot.settings import Settings
 from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, storebot
 from tests.cli_helpers import cli
@@ -293,7 +293,7 @@ async def test_stats_show_the_counts(ops_chat: Ops) -> None:
             assert row is not None
             row.paid_until = now + timedelta(days=20)
             s.add(row)
-        s.add(BotEvent(bot_id="opss0002", to_status="running", actor="reconciler", reason="x"))
+        s.add(RepairRecord(bot_id="opss0002", action="recreate", detail="x"))
         s.add(BotEvent(bot_id="opss0002", to_status="running", actor="scheduler", reason="y"))
         ledger.credit_topup(s, "opss0000", 5_000_000, ref="cs_s0", actor="stripe")
         ledger.post(s, "opss0001", 20_000_000, LedgerKind.credit, actor="stripe", ref="cs_s1")
