@@ -87,6 +87,7 @@ async def test_forged_buttons_cannot_fund_someone_elses_bot(shop: Shop) -> None:
     bob = shop.chat(BOB)
     bob.send("/topup")
     menu = await bob.says("LLM credit for bot tup00005")
+
     def forge(data: kb.TopupAmount | kb.TopupBot) -> str:
         return shop.telegram.press_button(
             shop.token, BOB, menu["message_id"], data.pack(), strict=False
@@ -157,3 +158,37 @@ async def test_mybots_shows_the_llm_credit(shop: Shop) -> None:
     card = await alice.says("Bot tup00008: @alice_ai_bot")
     assert "LLM credit: $2.50 (/topup adds some)" in card["text"]
     engine.dispose()
+
+
+async def test_a_balance_alert_reaches_the_owner_with_a_top_up_button(shop: Shop) -> None:
+    from aiogram import Bot as TgBot
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+
+    from storebot.app import build_hosting
+    from storebot.balance_alerts import due_alerts
+    from storebot.chat.notify import send_effects
+
+    engine = make_engine(shop.settings.DATABASE_URL)
+    bot = add_bot(engine, "tup00009", ALICE)
+    with session(engine) as s:
+        ledger.credit_topup(s, bot, 10_000_000, ref="cs_al", actor="stripe")
+        ledger.write_debits(s, [Debit(bot, 8_500_000, utcnow())])  # 15% left
+        s.commit()
+    engine.dispose()
+    h = build_hosting(shop.settings)
+    api = TelegramAPIServer.from_base(shop.settings.TELEGRAM_API_BASE)
+    tg = TgBot(shop.token, session=AiohttpSession(api=api))
+    try:
+        effects = due_alerts(h)  # what the scheduled job sends
+        await send_effects(tg, shop.settings, effects)
+        assert due_alerts(h) == []  # once per crossing
+    finally:
+        await tg.session.close()
+        await h.aclose()
+    alice = shop.chat(ALICE)
+    alert = await alice.says("Bot tup00009 has $1.50 of LLM credit left, 20% or less")
+    [button] = buttons(alert)
+    assert button["text"] == "Top up"
+    alice.press(alert, kb.TopupBot.unpack(button["callback_data"]))
+    await alice.says("LLM credit for bot tup00009 (balance now $1.50)")
