@@ -161,8 +161,8 @@ def _meter() -> int:
     from storebot.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run(load_settings()))
-    return 0
+    # exit 1 when debits could not be written at shutdown (the log says how many)
+    return 0 if asyncio.run(run(load_settings())) else 1
 
 
 async def _check() -> int:

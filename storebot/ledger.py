@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from storebot.errors import StorebotError
 from storebot.models import LedgerEntry, LedgerKind, LlmAccount, utcnow
@@ -82,12 +82,15 @@ def parse_usd(text: str, low: Decimal, high: Decimal) -> int:
 # Writing ----------------------------------------------------------------------------
 
 
-def ensure_account(s: Session, bot_id: str) -> None:
-    """The bot's account row, created once even when two writers race for it."""
+def ensure_account(s: Session, *bot_ids: str) -> None:
+    """The bots' account rows, each created once even when two writers race for it
+    (one statement for all of them)."""
+    if not bot_ids:
+        return
     dialect = s.get_bind().dialect.name
     maker = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = maker(LlmAccount).values(bot_id=bot_id, balance_micro=0, reference_micro=0)
-    s.execute(stmt.on_conflict_do_nothing(index_elements=["bot_id"]))
+    rows = [{"bot_id": b, "balance_micro": 0, "reference_micro": 0} for b in bot_ids]
+    s.execute(maker(LlmAccount).values(rows).on_conflict_do_nothing(index_elements=["bot_id"]))
 
 
 def _add_to_balance(s: Session, bot_id: str, micro: int) -> None:
@@ -171,11 +174,17 @@ def write_debits(s: Session, debits: Iterable[Debit]) -> None:
         per_bot[d.bot_id] += d.micro
     if not rows:
         return
-    for bot_id in per_bot:
-        ensure_account(s, bot_id)
+    ensure_account(s, *sorted(per_bot))
     s.execute(insert(LedgerEntry), rows)
-    for bot_id, total in sorted(per_bot.items()):  # one lock order: no deadlock
-        _add_to_balance(s, bot_id, -total)
+    # one statement, many parameter sets, in one lock order (no deadlock between writers)
+    table = SQLModel.metadata.tables[LlmAccount.__tablename__]  # Core: a plain executemany
+    accounts = table.c
+    s.connection().execute(
+        update(table)
+        .where(accounts.bot_id == bindparam("b"))
+        .values(balance_micro=accounts.balance_micro - bindparam("d"), updated_at=utcnow()),
+        [{"b": bot_id, "d": total} for bot_id, total in sorted(per_bot.items())],
+    )
 
 
 # Reading ----------------------------------------------------------------------------

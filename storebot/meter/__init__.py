@@ -42,17 +42,35 @@ def build_meter(settings: Settings) -> Meter:
 
 
 async def keep_synced(m: Meter, stop: asyncio.Event) -> None:
-    """Sync the book every METER_SYNC_SECONDS until `stop`, then once more."""
+    """Sync the book every METER_SYNC_SECONDS until `stop`, then once more: a sync that
+    was already running when `stop` came may miss the last calls' debits."""
     while True:
+        last = stop.is_set()
         try:
             await m.book.sync()
         except Exception as exc:  # the database may be away for a while: keep serving
             m.metrics.sync_failures.inc()
             log.warning("meter sync failed (%d debits kept): %s", m.book.unwritten, exc)
-        if stop.is_set():
+        if last:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), m.settings.METER_SYNC_SECONDS)
+
+
+async def write_the_rest(m: Meter, attempts: int = 5) -> bool:
+    """At shutdown: the debits a failed last sync kept, written or (after `attempts`)
+    reported; True when none is left unwritten."""
+    for attempt in range(attempts):
+        if not m.book.unwritten:
+            return True
+        try:
+            await m.book.sync()
+        except Exception as exc:
+            log.warning("writing the last %d debits failed: %s", m.book.unwritten, exc)
+            await asyncio.sleep(min(2**attempt, 10))
+    if m.book.unwritten:
+        log.error("%d debits were never written to the ledger", m.book.unwritten)
+    return not m.book.unwritten
 
 
 async def learn_shop_name(m: Meter) -> None:
@@ -71,7 +89,8 @@ async def learn_shop_name(m: Meter) -> None:
                 await asyncio.sleep(30)
 
 
-async def serve(m: Meter, stop: asyncio.Event) -> None:
+async def serve(m: Meter, stop: asyncio.Event) -> bool:
+    """Serve until `stop`; True when every debit taken is on the ledger at the end."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its URLs carry the bot token
     await m.upstream.start()
     await m.book.sync()  # tokens and balances known before the first call
@@ -90,14 +109,16 @@ async def serve(m: Meter, stop: asyncio.Event) -> None:
         await runner.cleanup()  # no new calls; calls in flight finish first
         finished.set()
         await syncing  # its last sync writes the last debits
+        written = await write_the_rest(m)
         await m.upstream.aclose()
         m.book.close()
+    return written
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings) -> bool:
     m = build_meter(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(m, stop)
+    return await serve(m, stop)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from storebot.ledger import Debit, cost_to_micro
@@ -75,7 +75,7 @@ def build_meter_app(m: Meter) -> web.Application:
             return caller
         bot = caller.bot_id
         try:
-            payload = json.loads(await request.read())
+            payload = orjson.loads(await request.read())
             if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
                 raise ValueError("not a chat completion request")
         except web.HTTPRequestEntityTooLarge:
@@ -90,7 +90,7 @@ def build_meter_app(m: Meter) -> web.Application:
         async with m.book.slot(bot):
             if m.book.balance(bot) <= 0:
                 return empty_balance(request, bot, stream)
-            body = json.dumps(payload).encode()
+            body = orjson.dumps(payload)  # orjson: a third of stdlib json's time
             if stream:
                 return await forward_stream(request, bot, body)
             return await forward(bot, body)

@@ -9,7 +9,6 @@ timeout, a body that is not JSON) is an `UpstreamFailed`: never charged.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
+import orjson
 
 #: never reused for a call whose key we cannot see: the bearer is ours
 HEADERS = {"Content-Type": "application/json", "X-Title": "storebot", "User-Agent": "storebot"}
@@ -81,7 +81,7 @@ class Upstream:
             raise UpstreamFailed(502, f"the LLM provider is unreachable ({exc})") from None
         _check_status(status, raw)
         try:
-            payload = json.loads(raw)
+            payload = orjson.loads(raw)
         except ValueError:
             raise UpstreamFailed(502, "the LLM provider sent an answer that is not JSON") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
@@ -113,7 +113,7 @@ def _check_status(status: int, raw: bytes) -> None:
 
 def _message(raw: bytes) -> str | None:
     try:
-        msg = json.loads(raw)["error"]["message"]
+        msg = orjson.loads(raw)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         return None
     return msg if isinstance(msg, str) else None
@@ -146,7 +146,7 @@ class Costs:
             self.done = True
         elif b'"cost"' in data:  # only the usage chunk is parsed
             try:
-                found = cost_of(json.loads(data))
+                found = cost_of(orjson.loads(data))
             except ValueError:
                 return
             if found is not None:
