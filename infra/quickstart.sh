@@ -7,7 +7,8 @@
 # (docker.io, iptables, python3-venv) -> a running Docker engine -> .venv with storebot
 # -> .env (created from .env.example with a fresh STOREBOT_SECRET_KEY; you fill in the
 # rest) -> database migration -> Traefik (infra/docker-compose.yml) unless its probe
-# entrypoint already answers -> the nullclawd image -> `storebot admin deploy`.
+# entrypoint already answers -> the nullclawd image -> `storebot admin deploy` -> the
+# LLM meter (`storebot meter`, in the background) unless it already answers.
 # Any other admin command works too: bash infra/quickstart.sh list
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -66,4 +67,15 @@ image=$(setting NULLCLAW_IMAGE)
 docker image inspect "$image" >/dev/null 2>&1 || { say "pulling $image"; docker pull "$image"; }
 
 .venv/bin/storebot check
-exec .venv/bin/storebot admin "$@"
+.venv/bin/storebot admin "$@"
+[[ $1 == deploy ]] || exit 0
+
+# The LLM meter, where the bots reach it (LLM_METER_URL: the bot network's gateway,
+# which exists now that a bot is deployed), unless it already answers there.
+meter_host=$(.venv/bin/python -c "from urllib.parse import urlsplit; from storebot.settings import load_settings; print(urlsplit(load_settings().LLM_METER_URL).hostname)")
+meter_port=$(.venv/bin/python -c "from urllib.parse import urlsplit; from storebot.settings import load_settings; print(urlsplit(load_settings().LLM_METER_URL).port or 80)")
+if ! .venv/bin/python -c "import httpx; httpx.get('http://$meter_host:$meter_port/healthz', timeout=2).raise_for_status()" 2>/dev/null; then
+  say "starting the LLM meter on $meter_host:$meter_port (log: /var/log/storebot-meter.log)"
+  METER_HOST=$meter_host METER_PORT=$meter_port setsid .venv/bin/storebot meter </dev/null >>/var/log/storebot-meter.log 2>&1 &
+fi
+say "the bot answers once it has LLM credit: .venv/bin/storebot admin credit <id> 5 --note 'first credit'"
