@@ -66,17 +66,18 @@ import contextlib
 import json
 import random
 import signal
-import socket
 import string
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.fakes._server import FakeServer
 
 JSON = dict[str, Any]
 API_PREFIX: Final = "/api/v1"
@@ -191,20 +192,14 @@ def _cost(value: float | int | str | Decimal) -> float:
     return cost
 
 
-async def _cancel_pending() -> None:
-    me = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not me]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-
-
 def _generation_id(now: float) -> str:
     return f"gen-{int(now)}-" + "".join(random.choices(_ALNUM, k=20))
 
 
-class FakeOpenRouter:
+class FakeOpenRouter(FakeServer):
     """The fake API server. Every public method and property is thread-safe."""
+
+    _backlog = 1024  # benchmarks open many connections at once
 
     def __init__(
         self,
@@ -225,8 +220,8 @@ class FakeOpenRouter:
         self.api_key, self.provider = api_key, provider
         self.processing_comments = processing_comments
         self.usage_in_finish_chunk, self.legacy_usage = usage_in_finish_chunk, legacy_usage
-        self._host, self._port, self._wanted_port = host, 0, port
-        self._record, self._max_body = record, max_body
+        super().__init__(host, port)
+        self._record, self._client_max_size = record, max_body
         self._reply = _Reply(reply)
         self._cost = _cost(cost)
         self._latency = float(latency)
@@ -243,93 +238,16 @@ class FakeOpenRouter:
         self._garbage: deque[bytes] = deque()
         self._drops = 0
         self._errors: deque[JSON] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
 
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> Self:
-        """Start serving on ``host`` (a free port unless one was given) in a background thread."""
-        if self._thread is not None:
-            return self
-        ready, failure = threading.Event(), list[BaseException]()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready, failure), name="fake-openrouter", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(10) or failure:
-            self._thread = None
-            raise RuntimeError("fake OpenRouter did not start") from next(iter(failure), None)
-        return self
-
-    def stop(self) -> None:
-        """Stop the server (cutting open streams) and join its thread."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
-
+    # -- URLs (start, stop and context managers: FakeServer) --------------------------------
     @property
     def base_url(self) -> str:
         """``http://host:port/api/v1``, what OpenAI-style clients take as their base URL."""
-        if not self._port:
-            raise RuntimeError("FakeOpenRouter is not started")
-        return f"http://{self._host}:{self._port}{API_PREFIX}"
+        return super().base_url + API_PREFIX
 
     @property
     def completions_url(self) -> str:
         return self.base_url + "/chat/completions"
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._start_site())
-        except BaseException as exc:  # reported to start()
-            failure.append(exc)
-        ready.set()
-        try:
-            if not failure:
-                loop.run_forever()
-        finally:
-            loop.run_until_complete(self._cleanup())
-            # handlers still sleeping (delay_next, stalls) end here, not at garbage collection
-            loop.run_until_complete(_cancel_pending())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _start_site(self) -> None:
-        app = web.Application(client_max_size=self._max_body)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._host, self._wanted_port))
-            await web.SockSite(self._runner, sock, backlog=1024).start()
-        except BaseException:
-            sock.close()
-            raise
-        self._port = sock.getsockname()[1]
-
-    async def _cleanup(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        self._runner, self._port = None, 0
 
     # -- knobs ------------------------------------------------------------------------------
     @property
@@ -699,7 +617,7 @@ class FakeOpenRouter:
 
 # -- its own process ---------------------------------------------------------------------------
 async def _serve_forever(fake: FakeOpenRouter) -> None:
-    await fake._start_site()
+    await fake._open_site()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -708,7 +626,7 @@ async def _serve_forever(fake: FakeOpenRouter) -> None:
     try:
         await stop.wait()
     finally:
-        await fake._cleanup()
+        await fake._close_site()
 
 
 def main(argv: list[str] | None = None) -> None:

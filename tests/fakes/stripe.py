@@ -43,18 +43,16 @@ page behind ``session.url`` (``{base_url}/pay/<id>`` answers 404), and every oth
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
 import secrets
-import socket
 import string
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
@@ -62,6 +60,8 @@ import stripe
 from aiohttp import web
 from stripe.params import SubscriptionCancelParams, SubscriptionUpdateParams
 from stripe.params.checkout import SessionCreateParams
+
+from tests.fakes._server import FakeServer
 
 JSON = dict[str, Any]
 DAY = 86_400
@@ -214,7 +214,7 @@ def _list(data: list[JSON], url: str) -> JSON:
     return {"object": "list", "data": data, "has_more": False, "total_count": len(data), "url": url}
 
 
-class FakeStripe:
+class FakeStripe(FakeServer):
     """The fake API server. Every public method is thread-safe."""
 
     def __init__(
@@ -226,7 +226,7 @@ class FakeStripe:
         legacy_fields: bool = False,
     ) -> None:
         self.api_key, self.api_version, self.legacy_fields = api_key, api_version, legacy_fields
-        self._host, self._port = host, 0
+        super().__init__(host)
         self._lock = threading.RLock()
         self._objects: dict[str, JSON] = {}  # every object by id, in creation order
         self._lines: dict[str, list[JSON]] = {}  # checkout session -> its line items
@@ -238,9 +238,6 @@ class FakeStripe:
         self._idem: dict[str, tuple[Any, int, JSON]] = {}
         self._faults: list[tuple[str, str, int]] = []
         self._request: JSON = {"id": None, "idempotency_key": None}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., JSON]]] = [
             ("POST", re.compile(r"/v1/checkout/sessions"), self._create_session),
             ("POST", re.compile(r"/v1/checkout/sessions/([^/]+)/expire"), self._expire_session),
@@ -248,79 +245,6 @@ class FakeStripe:
             ("POST", re.compile(r"/v1/subscriptions/([^/]+)"), self._update_subscription),
             ("DELETE", re.compile(r"/v1/subscriptions/([^/]+)"), self._delete_subscription),
         ]
-
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> Self:
-        """Start serving on a free port of ``host`` in a background thread."""
-        if self._thread is not None:
-            return self
-        ready, failure = threading.Event(), list[BaseException]()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready, failure), name="fake-stripe", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(10) or failure:
-            self._thread = None
-            raise RuntimeError("fake Stripe did not start") from next(iter(failure), None)
-        return self
-
-    def stop(self) -> None:
-        """Stop the server and join its thread."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
-
-    @property
-    def base_url(self) -> str:
-        if not self._port:
-            raise RuntimeError("FakeStripe is not started")
-        return f"http://{self._host}:{self._port}"
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._start_site())
-        except BaseException as exc:  # reported to start()
-            failure.append(exc)
-        ready.set()
-        try:
-            if not failure:
-                loop.run_forever()
-        finally:
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-            self._runner, self._port = None, 0
-
-    async def _start_site(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((self._host, 0))
-            await web.SockSite(self._runner, sock).start()
-        except BaseException:
-            sock.close()
-            raise
-        self._port = sock.getsockname()[1]
 
     # -- HTTP -------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.Response:

@@ -34,7 +34,6 @@ import copy
 import json
 import re
 import secrets
-import socket
 import string
 import threading
 import time
@@ -44,6 +43,8 @@ from html.parser import HTMLParser
 from typing import Any, Self, TypeVar
 
 from aiohttp import web
+
+from tests.fakes._server import FakeServer
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -264,20 +265,18 @@ def _body(message: JSON) -> str:
     return str(message.get("text") or message.get("caption") or "")
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     """The fake API server. Every public method is thread-safe."""
 
+    _client_max_size = 64 * 2**20  # uploads (sendPhoto, sendDocument)
+
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self._host = host
+        super().__init__(host)
         self._cond = threading.Condition(threading.RLock())
         self._bots: dict[str, FakeBot] = {}
         self._calls: list[Call] = []
         self._faults: dict[str, list[TelegramError]] = {}
         self._delays: dict[str, float] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port = 0
         self._closing = False
         self._methods: dict[str, Callable[[FakeBot, JSON], Any]] = {
             "getMe": self._get_me,
@@ -299,84 +298,21 @@ class FakeTelegram:
         }
         self._canonical = {name.lower(): name for name in self._methods}
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle (the rest: FakeServer) --------------------------------------------------
     def start(self) -> Self:
         """Start serving on a free port of ``host`` in a background thread."""
-        if self._thread is not None:
-            return self
         self._closing = False
-        ready, failure = threading.Event(), list[BaseException]()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready, failure), name="fake-telegram", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(10) or failure:
-            self._thread = None
-            raise RuntimeError("fake Telegram did not start") from next(iter(failure), None)
-        return self
+        return super().start()
 
     def stop(self) -> None:
         """Answer pending long polls, stop the server and join its thread."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
+        loop = self._loop
         with self._cond:
             self._closing = True
             waiters = [w for bot in self._bots.values() for w in bot._waiters]
-        loop.call_soon_threadsafe(_wake, waiters)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
-
-    @property
-    def base_url(self) -> str:
-        if not self._port:
-            raise RuntimeError("FakeTelegram is not started")
-        return f"http://{self._host}:{self._port}"
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(self._start_site())
-        except BaseException as exc:  # reported to start()
-            failure.append(exc)
-        ready.set()
-        try:
-            if not failure:
-                loop.run_forever()
-        finally:
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
-            self._runner, self._port = None, 0
-
-    async def _start_site(self) -> None:
-        app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((self._host, 0))
-            await web.SockSite(self._runner, sock).start()
-        except BaseException:
-            sock.close()
-            raise
-        self._port = sock.getsockname()[1]
+        if loop is not None:
+            loop.call_soon_threadsafe(_wake, waiters)
+        super().stop()
 
     # -- bots -------------------------------------------------------------------------------
     def add_bot(
