@@ -311,8 +311,21 @@ async def _destroy(h: Any, args: argparse.Namespace) -> int:
         if answer.strip() != info["id"]:
             print("not destroyed", file=sys.stderr)
             return 1
-    out = await destroy(h, args.bot_id, actor=_actor())
-    _emit(args, asdict(out), out.message)
+    if h.settings.STRIPE_SECRET_KEY is None or h.settings.STRIPE_WEBHOOK_SECRET is None:
+        out = await destroy(h, args.bot_id, actor=_actor())
+        note = "no Stripe keys here: if it had a hosting subscription, cancel it in Stripe"
+        _emit(args, asdict(out) | {"billing": note}, f"{out.message}\n{note}")
+        return 0
+    from storebot import ops
+    from storebot.app import build_payments
+
+    gw = build_payments(h.settings)
+    try:  # the subscription ends with the bot: no more charges
+        gone = await ops.destroy(h, gw, args.bot_id, actor=_actor())
+    finally:
+        await gw.aclose()
+    out = gone.done.outcome
+    _emit(args, asdict(out) | {"billing": gone.billing}, f"{out.message}; {gone.billing}")
     return 0
 
 

@@ -6,10 +6,12 @@ Stripe's API; every webhook is signed with the stripe library's own helper.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,7 +25,8 @@ from storebot.models import Bot, BotStatus, StripeEvent, utcnow
 from storebot.orders import end_hosting, start_hosting_order
 from storebot.stripe_gateway import StripeGateway
 from storebot.web import build_web_app
-from tests.conftest import make_settings
+from tests.cli_helpers import cli_json
+from tests.conftest import base_env, make_settings
 from tests.fakes.stripe import FakeStripe
 
 API_KEY = "sk_test_storebot0123456789"
@@ -221,3 +224,24 @@ async def test_ending_hosting_cancels_the_subscription(shop: Shop) -> None:
     assert await end_hosting(shop.h, shop.gw, bot_id) is True  # again: no error
     other, _ = await shop.order(BOB)
     assert await end_hosting(shop.h, shop.gw, other) is False  # never paid: nothing to end
+
+
+async def test_admin_destroy_also_ends_the_hosting_subscription(shop: Shop, tmp_path: Path) -> None:
+    bot_id, session_id = await shop.order(ALICE)
+    await shop.stripe.adeliver(shop.stripe.complete_checkout(session_id), shop.url, WEBHOOK_SECRET)
+    sub = shop.bot(bot_id).stripe_subscription_id
+    assert sub is not None
+    env = base_env(
+        DATABASE_URL=shop.h.settings.DATABASE_URL,
+        DATA_ROOT=tmp_path / "bots",
+        STRIPE_SECRET_KEY=API_KEY,
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        STRIPE_API_BASE=shop.stripe.base_url,
+    )
+    gone = await asyncio.to_thread(cli_json, env, "admin", "destroy", bot_id, "--yes")
+    assert (gone["status"], gone["billing"]) == ("destroyed", "its subscription is cancelled")
+    assert shop.stripe.subscriptions[sub]["status"] == "canceled"
+    no_keys = {k: v for k, v in env.items() if not k.startswith("STRIPE_")}
+    other, _ = await shop.order(BOB)
+    told = await asyncio.to_thread(cli_json, no_keys, "admin", "destroy", other, "--yes")
+    assert "cancel it in Stripe" in told["billing"]
