@@ -42,8 +42,9 @@ from pathlib import Path
 import httpx
 
 from storebot.anomaly import Sample
+from storebot.cgroups import CGROUP_ROOT
 from storebot.container_spec import LABEL_BOT, LABEL_INSTANCE
-from storebot.docker_engine import CGROUP_ROOT, ContainerStats, DockerEngine, OomEvent
+from storebot.docker_engine import ContainerStats, DockerEngine, OomEvent
 
 log = logging.getLogger(__name__)
 

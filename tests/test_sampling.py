@@ -16,14 +16,9 @@ import httpx
 import pytest
 
 from storebot.anomaly import History, Rule, Thresholds, evaluate
+from storebot.cgroups import CGROUP_ROOT, CgroupReading, read_cgroup
 from storebot.container_spec import LABEL_BOT, LABEL_INSTANCE, LABEL_MANAGED
-from storebot.docker_engine import (
-    CGROUP_ROOT,
-    CgroupReading,
-    DockerEngine,
-    OomEvent,
-    read_cgroup,
-)
+from storebot.docker_engine import DockerEngine, OomEvent
 from storebot.sampling import (
     OomCounter,
     Sampler,
