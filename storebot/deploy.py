@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from storebot import bot_files
 from storebot.container_spec import Limits
+from storebot.customers import customer_for
 from storebot.errors import (
     BotNotFound,
     DeployInProgress,
@@ -142,7 +143,7 @@ def _claim(
     actor: str,
 ) -> Bot:
     """The bot row this deploy owns, status `deploying`; refuses a token in use."""
-    customer = _customer(session, owner)
+    customer = customer_for(session, owner)
     existing = session.exec(select(Bot).where(Bot.token_claim == tg_bot_id)).first()
     if existing is not None:
         return _take_over(h, session, existing, customer, plan, limits, actor)
@@ -303,20 +304,6 @@ def _take_over(
     session.commit()
     session.refresh(bot)
     return bot
-
-
-def _customer(session: Session, telegram_id: int) -> Customer:
-    customer = session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).first()
-    if customer is not None:
-        return customer
-    customer = Customer(telegram_id=telegram_id)
-    session.add(customer)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        return session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).one()
-    return customer
 
 
 def _provision(

@@ -19,6 +19,7 @@ from sqlmodel import col, select
 
 from storebot import bot_ops
 from storebot.balance_alerts import due_alerts
+from storebot.customers import owner_of
 from storebot.deploy import deploy
 from storebot.effects import Effect
 from storebot.errors import DockerUnavailable, StorebotError
@@ -116,10 +117,9 @@ async def reconcile_drift(h: Hosting) -> list[Effect]:
     kinds = {"finish_deploy": "deploy_recovered", "fail": "deploy_interrupted"}
     with h.session() as s:
         for r in done:
-            bot = s.get(Bot, r.bot_id) if r.bot_id and r.action in kinds else None
-            owner = s.get(Customer, bot.customer_id) if bot else None
-            if bot is not None and owner is not None:
-                effects.append(Effect(kinds[r.action], owner.telegram_id, bot.id))
+            owner = owner_of(s, r.bot_id) if r.action in kinds else None
+            if owner is not None:
+                effects.append(Effect(kinds[r.action], owner, r.bot_id))
     return effects
 
 

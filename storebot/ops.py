@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from storebot import bot_ops, ledger, orders
+from storebot import bot_ops, customers, ledger, orders
 from storebot.bot_ops import Outcome
 from storebot.container_spec import LABEL_BOT, LABEL_INSTANCE
 from storebot.docker_engine import ContainerStats
@@ -177,9 +177,7 @@ class Done:
 
 def owner_of(h: Hosting, bot_id: str) -> int | None:
     with h.session() as s:
-        bot = s.get(Bot, bot_id)
-        owner = s.get(Customer, bot.customer_id) if bot else None
-        return owner.telegram_id if owner else None
+        return customers.owner_of(s, bot_id)
 
 
 async def suspend(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Done:

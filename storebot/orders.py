@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from storebot import topups
 from storebot.bot_ops import awaiting_new_token
+from storebot.customers import bots_in, customer_for
 from storebot.effects import Effect
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotEvent, BotStatus, Customer, StripeEvent, utcnow
@@ -37,30 +38,6 @@ class Order:
     bot_id: str
     plan: str
     checkout_url: str
-
-
-def customer_for(session: Session, telegram_id: int) -> Customer:
-    found = session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).first()
-    if found is not None:
-        return found
-    customer = Customer(telegram_id=telegram_id)
-    session.add(customer)
-    try:
-        session.commit()
-    except IntegrityError:  # created meanwhile by a concurrent update of the same user
-        session.rollback()
-        return session.exec(select(Customer).where(Customer.telegram_id == telegram_id)).one()
-    return customer
-
-
-def bots_in(session: Session, telegram_id: int, *statuses: BotStatus) -> list[Bot]:
-    stmt = (
-        select(Bot)
-        .join(Customer, col(Customer.id) == col(Bot.customer_id))
-        .where(Customer.telegram_id == telegram_id, col(Bot.status).in_(statuses))
-        .order_by(col(Bot.created_at))
-    )
-    return list(session.exec(stmt))
 
 
 async def start_hosting_order(

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from storebot import ledger
+from storebot.customers import bots_in
 from storebot.effects import Effect
 from storebot.errors import BotNotFound, StorebotError
 from storebot.hosting import Hosting
@@ -37,13 +38,7 @@ class Credited:
 
 def fundable_bots(h: Hosting, telegram_id: int) -> list[Bot]:
     with h.session() as s:
-        stmt = (
-            select(Bot)
-            .join(Customer, col(Customer.id) == col(Bot.customer_id))
-            .where(Customer.telegram_id == telegram_id, col(Bot.status).in_(FUNDABLE))
-            .order_by(col(Bot.created_at))
-        )
-        return list(s.exec(stmt))
+        return bots_in(s, telegram_id, *FUNDABLE)
 
 
 def owned_bot(h: Hosting, telegram_id: int, bot_id: str) -> Bot:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 
 from sqlalchemy import Engine
-from sqlmodel import select
 
+from storebot.customers import customer_for
 from storebot.db import session
-from storebot.models import Bot, BotStatus, Customer
+from storebot.models import Bot, BotStatus
 
 
 def add_bot(
@@ -23,11 +23,7 @@ def add_bot(
     """A bot of `owner` (created if new) in `status`, as a finished deploy leaves it."""
     token_hash = hashlib.sha256(llm_token.encode()).hexdigest() if llm_token else None
     with session(engine) as s:
-        c = s.exec(select(Customer).where(Customer.telegram_id == owner)).first()
-        if c is None:
-            c = Customer(telegram_id=owner)
-            s.add(c)
-            s.commit()
+        c = customer_for(s, owner)
         assert c.id is not None
         s.add(
             Bot(

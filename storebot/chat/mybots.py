@@ -19,11 +19,11 @@ from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from storebot import bot_ops, ledger, orders
 from storebot.chat import keyboards as kb
+from storebot.customers import bots_in
 from storebot.errors import StorebotError
 from storebot.hosting import Hosting
 from storebot.ledger import format_usd
 from storebot.models import Bot, BotStatus
-from storebot.orders import bots_in
 from storebot.settings import Settings
 from storebot.stripe_gateway import StripeGateway
 
