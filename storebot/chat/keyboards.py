@@ -48,6 +48,14 @@ def accept_terms(plan: str) -> InlineKeyboardMarkup:
     return kb.as_markup()
 
 
+def confirm_destroy(yes: CallbackData, no: CallbackData) -> InlineKeyboardMarkup:
+    """The last question before a bot is destroyed."""
+    kb = InlineKeyboardBuilder()
+    kb.button(text="Yes, destroy it", callback_data=yes)
+    kb.button(text="Keep it", callback_data=no)
+    return kb.as_markup()
+
+
 def pay(url: str) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
     kb.button(text="Pay with Stripe", url=url)

@@ -145,10 +145,9 @@ def actions(bot: Bot) -> InlineKeyboardMarkup | None:
 
 
 def destroy_keyboard(bot_id: str) -> InlineKeyboardMarkup:
-    b = InlineKeyboardBuilder()
-    b.button(text="Yes, destroy it", callback_data=DestroyConfirmed(bot_id=bot_id, yes=True))
-    b.button(text="Keep it", callback_data=DestroyConfirmed(bot_id=bot_id, yes=False))
-    return b.as_markup()
+    return kb.confirm_destroy(
+        DestroyConfirmed(bot_id=bot_id, yes=True), DestroyConfirmed(bot_id=bot_id, yes=False)
+    )
 
 
 # Handlers ----------------------------------------------------------------------------

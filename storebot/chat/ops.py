@@ -32,6 +32,7 @@ from aiogram.types import (
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
 from storebot import ops, topups
+from storebot.chat import keyboards as kb
 from storebot.chat import texts
 from storebot.errors import BotNotFound, StorebotError
 from storebot.hosting import Hosting
@@ -121,10 +122,9 @@ def card_keyboard(bot_id: str, status: BotStatus) -> InlineKeyboardMarkup | None
 
 
 def destroy_keyboard(bot_id: str) -> InlineKeyboardMarkup:
-    b = InlineKeyboardBuilder()
-    b.button(text="Yes, destroy it", callback_data=DestroyConfirmed(bot_id=bot_id, yes=True))
-    b.button(text="Keep it", callback_data=DestroyConfirmed(bot_id=bot_id, yes=False))
-    return b.as_markup()
+    return kb.confirm_destroy(
+        DestroyConfirmed(bot_id=bot_id, yes=True), DestroyConfirmed(bot_id=bot_id, yes=False)
+    )
 
 
 # Helpers -----------------------------------------------------------------------------
