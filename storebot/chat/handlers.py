@@ -110,8 +110,7 @@ async def cancel(message: Message, hosting: Hosting, payments: StripeGateway) ->
 async def token(message: Message, hosting: Hosting, bot: Bot) -> None:
     user, raw = message.chat.id, message.text or ""
     order = orders.paid_order_awaiting_token(hosting, user)
-    revoked = orders.bot_awaiting_new_token(hosting, user)
-    if order is None and revoked is not None:
+    if order is None and (revoked := orders.bot_awaiting_new_token(hosting, user)):
         await _replace_token(message, hosting, revoked, raw)
         return
     if order is None:

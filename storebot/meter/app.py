@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
 
 import orjson
 from aiohttp import web
@@ -105,7 +105,7 @@ def build_meter_app(m: Meter) -> web.Application:
         body = replies.completion(s.OPENROUTER_MODEL, text)
         return web.Response(body=body, content_type="application/json")
 
-    def charge(bot: str, cost: Any, note: str) -> None:
+    def charge(bot: str, cost: Decimal | None, note: str) -> None:
         if cost is None:
             m.metrics.uncosted.labels(bot).inc()
             micro = s.LLM_UNKNOWN_COST_MICRO
