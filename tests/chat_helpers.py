@@ -15,8 +15,23 @@ from storebot.runner import build_management, serve
 from storebot.settings import Settings
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
+from tests.harness import free_port
 
 SHOP_KEY, SHOP_HOOK = "sk_test_chatonly0123456789", "whsec_chatonly"
+
+
+def shop_env(shop_token: str, stripe: FakeStripe | None = None) -> dict[str, Any]:
+    """What `storebot run` needs beyond the engine's settings: its own token, Stripe
+    keys (the fake's API when given) and a free port for its web app."""
+    env: dict[str, Any] = {
+        "STOREBOT_BOT_TOKEN": shop_token,
+        "STRIPE_SECRET_KEY": SHOP_KEY,
+        "STRIPE_WEBHOOK_SECRET": SHOP_HOOK,
+        "WEB_PORT": free_port(),
+    }
+    if stripe is not None:
+        env["STRIPE_API_BASE"] = stripe.base_url
+    return env
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 from storebot.settings import Settings
 from tests import harness
-from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, Shop, storebot
+from tests.chat_helpers import SHOP_KEY, Shop, shop_env, storebot
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
 from tests.harness import ServiceMissing, Services, cleanup, running_services
@@ -102,13 +102,9 @@ async def shop(migrated_db: str, telegram: FakeTelegram) -> AsyncIterator[Shop]:
         env = base_env(
             DATABASE_URL=migrated_db,
             TELEGRAM_API_BASE=telegram.base_url,
-            STOREBOT_BOT_TOKEN=shop_bot.token,
-            STRIPE_SECRET_KEY=SHOP_KEY,
-            STRIPE_WEBHOOK_SECRET=SHOP_HOOK,
-            STRIPE_API_BASE=stripe.base_url,
-            WEB_PORT=harness.free_port(),
             THROTTLE_PER_MINUTE=60,
             OPS_CHAT_ID=-100777,
+            **shop_env(shop_bot.token, stripe),
         )
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
         async with storebot(settings) as webhook:

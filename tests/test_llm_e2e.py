@@ -26,7 +26,7 @@ from storebot.chat import keyboards as kb
 from storebot.db import make_engine, session
 from storebot.deploy import DeployResult, deploy
 from storebot.settings import Settings
-from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, Chat, buttons, storebot
+from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, Chat, buttons, shop_env, storebot
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
@@ -136,11 +136,7 @@ async def test_llm_answers_until_the_balance_runs_out_and_resume_after_a_topup(
             OPENROUTER_API_KEY=UPSTREAM_KEY,
             OPENROUTER_BASE_URL=upstream.base_url,
             LLM_MARKUP="1.25",
-            STOREBOT_BOT_TOKEN=shop.token,
-            STRIPE_SECRET_KEY=SHOP_KEY,
-            STRIPE_WEBHOOK_SECRET=SHOP_HOOK,
-            STRIPE_API_BASE=stripe.base_url,
-            WEB_PORT=free_port(),
+            **shop_env(shop.token, stripe),
         )
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
         h = build_hosting(settings)

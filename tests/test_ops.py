@@ -30,7 +30,7 @@ from storebot.chat.ops import Act, BotsPage, CardAction, DestroyConfirmed
 from storebot.db import make_engine, session
 from storebot.models import Bot, BotEvent, BotStatus, LedgerEntry, LedgerKind, RepairRecord, utcnow
 from storebot.settings import Settings
-from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, storebot
+from tests.chat_helpers import SHOP_KEY, shop_env, storebot
 from tests.cli_helpers import cli
 from tests.conftest import base_env
 from tests.fakes.stripe import FakeStripe
@@ -93,17 +93,17 @@ class Ops:
 
 
 def ops_settings(db: str, telegram: FakeTelegram, tmp_path: Path, **extra: Any) -> Settings:
-    env = base_env(
-        DATABASE_URL=db,
-        TELEGRAM_API_BASE=telegram.base_url,
-        WEB_PORT=free_port(),
-        THROTTLE_PER_MINUTE=600,
-        OPS_CHAT_ID=OPS,
-        ADMIN_USER_IDS=f"{ADMIN}, {ADMIN2}",
-        DATA_ROOT=tmp_path / "bots",
-        SUPPORT_EMAIL="help@storebot.test",
-        **extra,
-    )
+    defaults: dict[str, Any] = {
+        "DATABASE_URL": db,
+        "TELEGRAM_API_BASE": telegram.base_url,
+        "WEB_PORT": free_port(),
+        "THROTTLE_PER_MINUTE": 600,
+        "OPS_CHAT_ID": OPS,
+        "ADMIN_USER_IDS": f"{ADMIN}, {ADMIN2}",
+        "DATA_ROOT": tmp_path / "bots",
+        "SUPPORT_EMAIL": "help@storebot.test",
+    }
+    env = base_env(**(defaults | extra))
     return Settings(_env_file=None, **env)  # type: ignore[arg-type]
 
 
@@ -115,10 +115,7 @@ async def ops_chat(migrated_db: str, telegram: FakeTelegram, tmp_path: Path) -> 
             migrated_db,
             telegram,
             tmp_path,
-            STOREBOT_BOT_TOKEN=shop.token,
-            STRIPE_SECRET_KEY=SHOP_KEY,
-            STRIPE_WEBHOOK_SECRET=SHOP_HOOK,
-            STRIPE_API_BASE=stripe.base_url,
+            **shop_env(shop.token, stripe),
         )
         engine = make_engine(migrated_db)
         try:

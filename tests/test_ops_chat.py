@@ -31,7 +31,7 @@ from storebot.meter import build_meter
 from storebot.meter import serve as serve_meter
 from storebot.models import BotEvent
 from storebot.settings import Settings
-from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, storebot
+from tests.chat_helpers import SHOP_KEY, shop_env, storebot
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
@@ -133,11 +133,7 @@ async def stack(
             METER_PORT=meter_port,
             OPENROUTER_API_KEY=UPSTREAM_KEY,
             OPENROUTER_BASE_URL=upstream.base_url,
-            STOREBOT_BOT_TOKEN=shop.token,
-            STRIPE_SECRET_KEY=SHOP_KEY,
-            STRIPE_WEBHOOK_SECRET=SHOP_HOOK,
-            STRIPE_API_BASE=stripe.base_url,
-            WEB_PORT=free_port(),
+            **shop_env(shop.token, stripe),
             THROTTLE_PER_MINUTE=600,
             OPS_CHAT_ID=OPS,
             ADMIN_USER_IDS=str(ADMIN),

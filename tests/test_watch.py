@@ -27,9 +27,9 @@ from storebot.ledger import Debit
 from storebot.models import Bot, BotEvent, BotStatus, utcnow
 from storebot.settings import Settings
 from storebot.watch import Watch
-from tests.chat_helpers import Chat, buttons, storebot
+from tests.chat_helpers import Chat, buttons, shop_env, storebot
 from tests.fakes.telegram import FakeTelegram, make_token
-from tests.harness import Services, free_port
+from tests.harness import Services
 
 pytestmark = [pytest.mark.docker, pytest.mark.traefik]
 OWNER = 5550801
@@ -192,11 +192,8 @@ async def test_a_revoked_token_suspends_and_a_new_token_brings_the_bot_back(
         telegram,
         migrated_db,
         **(WATCH | {"TOKEN_CHECK_MINUTES": "0.005"}),
-        STOREBOT_BOT_TOKEN=shop.token,
-        STRIPE_SECRET_KEY="sk_test_watch0123456789",
-        STRIPE_WEBHOOK_SECRET="whsec_watch",
-        WEB_PORT=free_port(),
         OPS_CHAT_ID=-100777,
+        **shop_env(shop.token),
     )
     settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
     h = build_hosting(settings)
