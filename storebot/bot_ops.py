@@ -70,8 +70,8 @@ async def restart(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
         _require_data(h, bot)
         await h.recheck_token(bot)
         with _one_at_a_time(bot.id):
-            # a missing container is re-created by start_and_wait
-            await h.docker.restart(h.container_name(bot.id), timeout=2)
+            # stopped, then started by start_and_wait (which re-creates a missing one)
+            await h.docker.stop(h.container_name(bot.id), timeout=2)
             await h.start_and_wait(s, bot, actor=actor, why=reason or "restarted")
             await _their_word_stands(h, s, bot)
         h.record(s, bot, actor=actor, reason=reason or "restarted")

@@ -227,6 +227,21 @@ class DockerEngine:
 
         return await self._run(run)
 
+    async def running_as(self, spec: dict[str, Any]) -> bool:
+        """Whether the container of `spec` is running and was created from this very
+        spec (so `run` would leave it alone)."""
+        wanted = spec_hash(spec)
+
+        def check(d: docker.DockerClient) -> bool:
+            c = _get(d, spec["name"])
+            return (
+                c is not None
+                and c.status == "running"
+                and (c.labels.get(SPEC_HASH_LABEL) == wanted)
+            )
+
+        return await self._run(check)
+
     async def stop(self, name: str, timeout: int = 5) -> bool:
         def stop(d: docker.DockerClient) -> bool:
             c = _get(d, name)
@@ -237,16 +252,6 @@ class DockerEngine:
             return True
 
         return await self._run(stop)
-
-    async def restart(self, name: str, timeout: int = 5) -> bool:
-        def restart(d: docker.DockerClient) -> bool:
-            c = _get(d, name)
-            if c is None:
-                return False
-            c.restart(timeout=timeout)
-            return True
-
-        return await self._run(restart)
 
     async def remove(self, name: str) -> bool:
         def remove(d: docker.DockerClient) -> bool:

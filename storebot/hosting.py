@@ -6,6 +6,7 @@ passed to the deploy and lifecycle services. It knows no Telegram chat and no CL
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -26,7 +27,7 @@ from storebot.container_spec import (
 from storebot.db import session as new_session
 from storebot.docker_engine import DockerEngine, NetworkInfo
 from storebot.errors import BotNotFound, HealthTimeout, StateChanged, StorebotError
-from storebot.health import wait_healthy
+from storebot.health import wait_healthy, wait_unrouted
 from storebot.lifecycle import check_transition
 from storebot.models import Bot, BotEvent, BotStatus, utcnow
 from storebot.settings import Settings
@@ -34,6 +35,10 @@ from storebot.telegram_api import BotApi
 from storebot.tokens import TokenBox, redact
 
 FAILURE_LOG_LINES = 50
+#: how long a (re)start waits for Traefik to drop a stopped container's route
+ROUTE_DROP_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,14 +157,26 @@ class Hosting:
     async def start_and_wait(self, session: Session, bot: Bot, *, actor: str, why: str) -> None:
         """Ensure the container runs, wait for /health through Traefik, mark running.
 
+        A container that is not running with this spec is (re)started only once
+        Traefik has dropped its old route (see `wait_unrouted`), so the 200 awaited
+        here is not followed by a 404 when Traefik catches up with the stop.
+
         On timeout: keep the last log lines, stop the container (a broken nullclawd may
         spin at full CPU), mark failed and raise HealthTimeout. If another process
         suspended or destroyed the bot meanwhile, its word stands: the container is
         stopped again and StateChanged raised.
         """
         await self.prepare_network()
-        await self.docker.run(self.spec(bot))
         s = self.settings
+        spec = self.spec(bot)
+        if not await self.docker.running_as(spec):
+            # (re)started below: first let Traefik drop the route of the stopped one
+            await self.docker.stop(spec["name"], timeout=2)
+            if not await wait_unrouted(
+                self.http, s.HEALTH_PROBE_URL, s.bot_host(bot.id), ROUTE_DROP_SECONDS
+            ):
+                log.warning("Traefik still routes %s to a stopped container", bot.id)
+        await self.docker.run(spec)
         healthy = await wait_healthy(
             self.http, s.HEALTH_PROBE_URL, s.bot_host(bot.id), s.HEALTH_TIMEOUT_SECONDS
         )

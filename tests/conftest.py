@@ -19,6 +19,8 @@ import docker
 import pytest
 from sqlalchemy import create_engine, text
 
+from storebot.app import build_hosting
+from storebot.hosting import Hosting
 from storebot.settings import Settings
 from tests import harness
 from tests.chat_helpers import SHOP_KEY, Shop, shop_env, storebot
@@ -146,6 +148,16 @@ def services(
 @pytest.fixture
 def hosted_env(services: Services, telegram: FakeTelegram, migrated_db: str) -> dict[str, str]:
     return services.env(telegram, migrated_db)
+
+
+@pytest.fixture
+async def hosting(hosted_env: dict[str, str]) -> AsyncIterator[Hosting]:
+    """The services' Hosting in this test's event loop, on hosted_env."""
+    h = build_hosting(Settings(_env_file=None, **hosted_env))  # type: ignore[arg-type]
+    try:
+        yield h
+    finally:
+        await h.aclose()
 
 
 # Failure reports: container logs of this run ----------------------------------------

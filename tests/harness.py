@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -154,6 +156,17 @@ class Services:
     data_root: Path
     traefik_log: Path
     meter: StubMeter = field(default_factory=StubMeter)
+    traefik_pid: int = 0
+
+    @contextmanager
+    def traefik_frozen(self) -> Iterator[None]:
+        """Traefik paused (SIGSTOP): it follows no Docker event and answers no request
+        (connections wait in its listen queue) until the block ends."""
+        os.kill(self.traefik_pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.traefik_pid, signal.SIGCONT)
 
     @property
     def meter_requests(self) -> list[MeterRequest]:
@@ -330,6 +343,7 @@ def running_services(
     ]
     with svc.traefik_log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        svc.traefik_pid = proc.pid
     try:
         _wait_port(svc.web_port, proc, svc.traefik_log)
         yield svc

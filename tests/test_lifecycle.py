@@ -1,12 +1,23 @@
+"""Bot lifecycle: the allowed transitions (pure), then actions on the real Docker
+engine and Traefik that must leave a bot routed."""
+
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 
+import httpx
 import pytest
 
+from storebot import bot_ops
+from storebot.deploy import deploy
 from storebot.errors import InvalidTransition
+from storebot.hosting import Hosting
 from storebot.lifecycle import ALLOWED, can_transition, plan_action
 from storebot.models import BotStatus as S
+from tests.fakes.telegram import FakeTelegram
+from tests.harness import Services
 
 
 def test_customer_path() -> None:
@@ -56,3 +67,58 @@ def test_every_state_has_a_way_out_but_destroyed() -> None:
     for state in S:
         if state is not S.destroyed:
             assert S.destroyed in ALLOWED[state]
+
+
+# Against Docker and Traefik -----------------------------------------------------------
+
+OWNER = 5550301
+#: how long a bot must stay routed after an action said it is up
+WATCH_SECONDS = 2.5
+
+
+async def _answers(h: Hosting, bot_id: str) -> list[int]:
+    """/health through Traefik every 50 ms for WATCH_SECONDS (-1: no answer in time)."""
+    s = h.settings
+    codes = []
+    deadline = time.monotonic() + WATCH_SECONDS
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            try:
+                r = await http.get(
+                    f"{s.HEALTH_PROBE_URL}/health", headers={"Host": s.bot_host(bot_id)}, timeout=1
+                )
+                codes.append(r.status_code)
+            except httpx.HTTPError:
+                codes.append(-1)
+            await asyncio.sleep(0.05)
+    return codes
+
+
+@pytest.mark.docker
+@pytest.mark.traefik
+async def test_a_bot_brought_back_stays_routed(
+    hosting: Hosting, services: Services, telegram: FakeTelegram
+) -> None:
+    """Traefik follows Docker events late, over a second on a busy machine. A container
+    stopped and started again before Traefik applied the stop answered /health through
+    the stale route (same address), then lost its route when the stop landed: "resumed",
+    then 404 (CI saw it). So a (re)start first waits until Traefik has dropped the old
+    route: with Traefik frozen, a resume does not start the container."""
+    bot = await deploy(hosting, token=telegram.add_bot().token, owner_telegram_id=OWNER, actor="t")
+    name = hosting.container_name(bot.id)
+    with services.traefik_frozen():
+        await bot_ops.suspend(hosting, bot.id, actor="t")
+        resuming = asyncio.create_task(bot_ops.resume(hosting, bot.id, actor="t"))
+        await asyncio.sleep(1)
+        state = await hosting.docker.state(name)
+        assert state is not None and state.status == "exited" and not resuming.done()
+    assert (await resuming).status == "running"
+    codes = await _answers(hosting, bot.id)
+    assert set(codes) == {200}, codes
+
+    await bot_ops.restart(hosting, bot.id, actor="t")
+    codes = await _answers(hosting, bot.id)
+    assert set(codes) == {200}, codes
+    await bot_ops.rotate_gateway_token(hosting, bot.id, actor="t")  # a new container
+    codes = await _answers(hosting, bot.id)
+    assert set(codes) == {200}, codes

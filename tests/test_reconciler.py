@@ -10,7 +10,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -151,12 +151,8 @@ def test_agreeing_state_needs_nothing() -> None:
 
 
 @pytest.fixture
-async def h(hosted_env: dict[str, str]) -> AsyncIterator[Hosting]:
-    hosting = build_hosting(Settings(_env_file=None, **hosted_env))  # type: ignore[arg-type]
-    try:
-        yield hosting
-    finally:
-        await hosting.aclose()
+def h(hosting: Hosting) -> Hosting:
+    return hosting
 
 
 async def _deploy(h: Hosting, telegram: FakeTelegram) -> DeployResult:
