@@ -221,7 +221,7 @@ async def test_unknown_missing_and_suspended_tokens_are_refused(meter: MeterUnde
     set_status(meter.engine, bot, BotStatus.suspended)  # the kill switch, from another process
     started = time.monotonic()
     while (await meter.call(bot)).status_code != 403:
-        assert time.monotonic() - started < 2, "the suspension never reached the meter"
+        assert time.monotonic() - started < 5, "the suspension never reached the meter"
         await asyncio.sleep(0.02)
     refused = await meter.call(bot)
     assert refused.json()["error"]["code"] == "bot_not_running"
@@ -267,7 +267,7 @@ async def test_upstream_failures_reach_the_bot_as_errors_and_are_never_charged(
     started = time.monotonic()
     timed_out = await meter.call(bot)
     assert timed_out.status_code == 504
-    assert time.monotonic() - started < 3  # METER_UPSTREAM_TIMEOUT_SECONDS=1.5, not 5
+    assert time.monotonic() - started < 4.5  # METER_UPSTREAM_TIMEOUT_SECONDS=1.5, not 5
     # streamed: an error event mid-stream, a dropped stream, a stalled one
     up.stream_error_next()
     assert (await meter.call(bot, chat_body(stream=True))).status_code == 200
@@ -276,7 +276,7 @@ async def test_upstream_failures_reach_the_bot_as_errors_and_are_never_charged(
     up.delay_next(0, stall=5)
     started = time.monotonic()
     await meter.call(bot, chat_body(stream=True))
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 4.5
     up.fail_next(503)
     assert (await meter.call(bot, chat_body(stream=True))).status_code == 502
     await meter.synced()
