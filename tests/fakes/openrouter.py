@@ -601,9 +601,9 @@ class FakeOpenRouter(FakeServer):
                     self._hang_up(request)
                     return response
                 await asyncio.sleep(event)
+            rec.outcome = outcome  # before the last bytes: a client may look at once
             await response.write(b"".join(pending))
             await response.write_eof()
-            rec.outcome = outcome
         except ConnectionError:
             rec.outcome = "client_gone"
         return response
