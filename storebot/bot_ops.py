@@ -43,6 +43,7 @@ async def suspend(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
     with h.session() as s:
         bot = h.get_bot(s, bot_id)
         target = plan_action("suspend", bot.status)
+        h.release(s)
         await h.docker.stop(h.container_name(bot.id), timeout=2)  # stopped = route gone
         if target is None:
             return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already suspended")
@@ -55,6 +56,7 @@ async def resume(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Ou
         bot = h.get_bot(s, bot_id)
         target = plan_action("resume", bot.status)
         _require_data(h, bot)
+        h.release(s)
         if target is not None:
             await h.recheck_token(bot)
         await h.start_and_wait(s, bot, actor=actor, why=reason or "resumed")
@@ -68,6 +70,7 @@ async def restart(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
         bot = h.get_bot(s, bot_id)
         plan_action("restart", bot.status)
         _require_data(h, bot)
+        h.release(s)
         await h.recheck_token(bot)
         with _one_at_a_time(bot.id):
             # stopped, then started by start_and_wait (which re-creates a missing one)
@@ -132,6 +135,7 @@ async def rotate_gateway_token(h: Hosting, bot_id: str, *, actor: str) -> str:
             )
         _require_data(h, bot)
         token, owner = _token_and_owner(h, s, bot)
+        h.release(s)
         await h.recheck_token(bot)
         with _one_at_a_time(bot.id):
             try:
@@ -175,6 +179,7 @@ async def _their_word_stands(h: Hosting, s: Session, bot: Bot) -> None:
     container goes down again and StateChanged says so (start_and_wait only notices
     that when it changes the status itself)."""
     s.refresh(bot)
+    h.release(s)
     if bot.status is BotStatus.running:
         return
     name = h.container_name(bot.id)
@@ -192,6 +197,7 @@ async def destroy(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
     with h.session() as s:
         bot = h.get_bot(s, bot_id)
         target = plan_action("destroy", bot.status)
+        h.release(s)
         await h.docker.remove(h.container_name(bot.id))
         keep = h.settings.DATA_RETENTION_DAYS
         if target is None:
@@ -241,6 +247,7 @@ async def show(h: Hosting, bot_id: str) -> dict[str, Any]:
         bot = h.get_bot(s, bot_id)
         owner = s.get(Customer, bot.customer_id)
         info = describe(h, bot)
+        h.release(s)
         state = await h.docker.state(h.container_name(bot.id), h.settings.BOT_NETWORK)
         info |= {
             "owner_telegram_id": owner.telegram_id if owner else None,

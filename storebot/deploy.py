@@ -88,6 +88,7 @@ async def deploy(
             bot = _claim_order(h, session, order_id, tg_bot_id, owner_telegram_id, actor)
         else:
             bot = _claim(h, session, tg_bot_id, owner_telegram_id, plan, limits, actor)
+        h.release(session)
         await progress(f"preparing bot {bot.id} (@{me.username})")
         gateway_token = _provision(h, session, bot, token, me, owner_telegram_id, actor)
         try:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import Engine, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from storebot import bot_files, firewall
@@ -77,17 +78,18 @@ class Hosting:
         (hashes, limits, kept logs) are committed in the same transaction.
         """
         check_transition(bot.status, to)
-        before = bot.status
+        before, now = bot.status, utcnow()
         session.add(bot)
         session.flush()
         moved = session.execute(
             update(Bot)
             .where(col(Bot.id) == bot.id, col(Bot.status) == before)
-            .values(status=to, status_reason=reason or None, updated_at=utcnow())
+            .values(status=to, status_reason=reason or None, updated_at=now)
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             session.rollback()
             session.refresh(bot)
+            self.release(session)
             raise StateChanged(
                 f"bot {bot.id} became {bot.status} while this action ran "
                 f"(it expected {before}); nothing was overwritten"
@@ -96,7 +98,20 @@ class Hosting:
             BotEvent(bot_id=bot.id, from_status=before, to_status=to, actor=actor, reason=reason)
         )
         session.commit()
-        session.refresh(bot)
+        # what the UPDATE wrote, without a refresh: a refresh would begin a transaction
+        # and hold a pooled connection through the caller's next await
+        wrote = {"status": to, "status_reason": reason or None, "updated_at": now}
+        for name, value in wrote.items():
+            set_committed_value(bot, name, value)
+
+    @staticmethod
+    def release(session: Session) -> None:
+        """End the session's (read) transaction so its pooled connection goes back
+        before a slow await: Docker, Telegram, a health wait. A connection held there
+        idles in a transaction; enough of them exhaust the pool, and the next checkout
+        blocks the event loop that would have given them back. Loaded rows stay usable
+        (sessions do not expire on commit); nothing may be pending."""
+        session.commit()
 
     def record(self, session: Session, bot: Bot, *, actor: str, reason: str) -> None:
         """An action that changes no status (restart, rotate, ...)."""
@@ -166,6 +181,7 @@ class Hosting:
         suspended or destroyed the bot meanwhile, its word stands: the container is
         stopped again and StateChanged raised.
         """
+        self.release(session)
         await self.prepare_network()
         s = self.settings
         spec = self.spec(bot)

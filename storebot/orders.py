@@ -161,6 +161,7 @@ async def cancel_unpaid_order(h: Hosting, gw: StripeGateway, telegram_id: int) -
         if not found:
             return False
         bot = found[0]
+        h.release(s)  # not across Stripe's answer
         if bot.checkout_session_id:
             await gw.expire_checkout(bot.checkout_session_id)
         h.transition(

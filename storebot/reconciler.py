@@ -258,6 +258,7 @@ async def _stop(h: Hosting, r: Repair) -> Repair | None:
         bot = s.get(Bot, r.bot_id or "")
         if bot is None or bot.status not in HELD:
             return None  # resumed meanwhile: its container is meant to run
+        h.release(s)
         if not await _up(h, r.container):
             return None
         await h.docker.stop(r.container, timeout=2)
@@ -273,6 +274,7 @@ async def _bring_up(h: Hosting, r: Repair) -> Repair | None:
         bot = s.get(Bot, r.bot_id or "")
         if bot is None or not _still_due(h, s, bot):
             return None
+        h.release(s)
         if r.action in (Action.recreate, Action.start) and await _up(h, r.container):
             return None  # back meanwhile (Docker's restart policy after a dockerd restart)
         if not _has_config(h, bot.id):
@@ -293,6 +295,7 @@ async def _bring_up(h: Hosting, r: Repair) -> Repair | None:
                 return _mark_failed(h, s, bot, r, f"{INTERRUPTED} ({exc})")
             return replace(r, ok=False, detail=str(exc))  # e.g. image missing: retried
         s.refresh(bot)
+        h.release(s)
         if bot.status is not BotStatus.running:  # suspended or destroyed while it started
             await _their_word_stands(h, bot)
             return None

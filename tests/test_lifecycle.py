@@ -109,10 +109,17 @@ async def test_a_bot_brought_back_stays_routed(
     with services.traefik_frozen():
         await bot_ops.suspend(hosting, bot.id, actor="t")
         resuming = asyncio.create_task(bot_ops.resume(hosting, bot.id, actor="t"))
+        deploying = asyncio.create_task(
+            deploy(hosting, token=telegram.add_bot().token, owner_telegram_id=OWNER, actor="t")
+        )
         await asyncio.sleep(1)
         state = await hosting.docker.state(name)
         assert state is not None and state.status == "exited" and not resuming.done()
+        # both wait on Traefik holding no database connection (a pool of 5 + 10 would
+        # run dry at 16 such waits, and the 16th checkout would block the event loop)
+        assert not deploying.done() and hosting.db.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert (await resuming).status == "running"
+    assert (await deploying).status == "running"
     codes = await _answers(hosting, bot.id)
     assert set(codes) == {200}, codes
 
