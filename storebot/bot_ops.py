@@ -48,6 +48,7 @@ async def suspend(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
         if target is None:
             return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already suspended")
         h.transition(s, bot, BotStatus.suspended, actor=actor, reason=reason or "suspended")
+        await h.tell_meter()  # its LLM token refused now
         return Outcome(bot.id, bot.status, True, f"bot {bot.id} suspended")
 
 
@@ -211,6 +212,7 @@ async def destroy(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
         bot.token_claim = None  # the Telegram token may be hosted again
         bot.token_encrypted = None
         h.transition(s, bot, BotStatus.destroyed, actor=actor, reason=reason or "destroyed")
+        await h.tell_meter()
         kept = f"; data kept until {bot.data_purge_after:%Y-%m-%d}" if keep else ""
         return Outcome(bot.id, bot.status, True, f"bot {bot.id} destroyed{kept}")
 

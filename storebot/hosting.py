@@ -201,10 +201,26 @@ class Hosting:
                 await self._fail_unhealthy(session, bot, actor)
             if bot.status is not BotStatus.running:
                 self.transition(session, bot, BotStatus.running, actor=actor, reason=why)
+            await self.tell_meter()  # its LLM token (new, or refused until now) works
         except StateChanged:
             if bot.status is not BotStatus.running:
                 await self.docker.stop(self.container_name(bot.id), timeout=1)
             raise
+
+    async def tell_meter(self) -> bool:
+        """Have the meter re-read the bots now and wait for it (POST /sync): a suspended
+        bot refused, a started bot's new LLM token and a top-up served at once, not
+        within METER_SYNC_SECONDS. Best effort: if the meter does not answer, its own
+        sync catches up; False says so."""
+        meter = urlsplit(self.settings.LLM_METER_URL)
+        try:
+            r = await self.http.post(
+                f"{meter.scheme}://{meter.netloc}/sync", timeout=httpx.Timeout(6, connect=0.5)
+            )
+        except httpx.HTTPError as exc:
+            log.info("the meter did not sync now (%s); it will within its interval", exc)
+            return False
+        return r.status_code == 200
 
     async def _fail_unhealthy(self, session: Session, bot: Bot, actor: str) -> None:
         s = self.settings

@@ -1,8 +1,9 @@
 """storebot's own HTTP endpoints: the Stripe webhook and a health check.
 
 POST /stripe/webhook: the raw body's signature is checked first (400 and nothing
-changes otherwise), then the event is applied exactly once, then its effects are
-handed to `on_effects` (the chat layer). Stripe gets 200 once the database has the
+changes otherwise), then the event is applied exactly once (a top-up: the meter is
+asked to re-read balances), then its effects are handed to `on_effects` (the chat
+layer). Stripe gets 200 once the database has the
 event, even if telling someone fails: the state is what counts after a restart.
 GET /healthz: 200 when the database answers.
 """
@@ -35,6 +36,8 @@ def build_web_app(h: Hosting, gw: StripeGateway, on_effects: OnEffects) -> web.A
             log.warning("stripe webhook refused: %s", exc)
             return web.json_response({"error": str(exc)}, status=400)
         effects = await asyncio.to_thread(apply_event, h, event)
+        if any(e.kind == "topped_up" for e in effects):
+            await h.tell_meter()  # the bot answers again before its owner hears of it
         try:
             await on_effects(effects)
         except Exception:  # the event is applied; a failed message must not undo that

@@ -7,8 +7,9 @@ and one more "private" port on the host, which bots must not reach.
 The stand-in meter (`StubMeter`, `Services.meter`) answers GET with b"meter" and
 POST <...>/chat/completions with a canned chat completion whose assistant text is
 STUB_REPLY, or with HTTP 500 when the last message's text contains STUB_FAIL_TEXT.
-It records every POST: `services.meter_requests` (all, oldest first) or
-`services.meter.wait_for(llm_token, n)` (those with `authorization: Bearer <llm_token>`).
+It answers storebot's POST /sync and records every other POST:
+`services.meter_requests` (all, oldest first) or `services.meter.wait_for(llm_token, n)`
+(those with `authorization: Bearer <llm_token>`).
 
 `cleanup()` removes every container, network and firewall chain carrying that
 instance label.
@@ -214,6 +215,9 @@ class _Answer(BaseHTTPRequestHandler):
             self.send_error(501, f"Unsupported method ({self.command!r})")
             return
         raw = self._read_body()
+        if self.path == "/sync":  # storebot asks the meter to re-read the bots
+            self._json(200, {"status": "synced"})
+            return
         try:
             parsed = json.loads(raw)
         except ValueError:

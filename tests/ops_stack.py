@@ -109,10 +109,11 @@ async def ops_stack(
         env = services.env(
             telegram,
             db,
-            # only the caller calls the meter (the bot's own LLM calls are not needed);
-            # METER_SYNC_SECONDS stays at its default, as in production
-            METER_HOST="127.0.0.1",
+            # where the bots reach it, and storebot asks it to sync (the bot's own LLM
+            # calls are not needed); METER_SYNC_SECONDS at its default, as in production
+            METER_HOST=services.gateway,
             METER_PORT=meter_port,
+            LLM_METER_URL=f"http://{services.gateway}:{meter_port}/v1",
             OPENROUTER_API_KEY=UPSTREAM_KEY,
             OPENROUTER_BASE_URL=upstream.base_url,
             **shop_env(shop.token, stripe),
@@ -135,7 +136,7 @@ async def ops_stack(
         meter = build_meter(settings)
         stop_meter = asyncio.Event()
         metering = asyncio.create_task(serve_meter(meter, stop_meter))
-        meter_url = f"http://127.0.0.1:{meter_port}"
+        meter_url = f"http://{services.gateway}:{meter_port}"
         try:
             async with httpx.AsyncClient() as http, storebot(settings):
                 for _ in range(200):

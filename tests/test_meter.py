@@ -64,7 +64,9 @@ class MeterUnderTest:
         return bot_id
 
     async def synced(self) -> None:
-        await asyncio.sleep(SYNC * 4)
+        """Until a sync that started now is done (what storebot asks after a change)."""
+        answer = await self.http.post(f"{self.url}/sync")
+        assert answer.status_code == 200 and answer.json() == {"status": "synced"}
 
     async def call(
         self, bot_id: str | None, body: bytes | None = None, **kw: Any
@@ -333,9 +335,9 @@ async def test_metrics_per_bot(meter: MeterUnderTest) -> None:
     assert f'storebot_meter_upstream_seconds_count{{bot="{bot}"}} 1.0' in text
 
 
-async def test_metrics_are_not_served_to_the_bots(migrated_db: str) -> None:
+async def test_metrics_and_sync_are_not_served_to_the_bots(migrated_db: str) -> None:
     """An address in BOT_NETWORK_SUBNET is a bot, except the bridge gateway (.1), which
-    is the host itself (storebot scraping)."""
+    is the host itself (storebot scraping, or asking for a sync)."""
     with FakeOpenRouter(api_key=UPSTREAM_KEY) as upstream:
         env = meter_env(migrated_db, upstream, BOT_NETWORK_SUBNET="127.0.0.0/8")
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
@@ -353,9 +355,52 @@ async def test_metrics_are_not_served_to_the_bots(migrated_db: str) -> None:
                         await asyncio.sleep(0.02)
                 assert from_host.status_code == 200
                 assert (await bot.get(url)).status_code == 403
+                sync = url.removesuffix("/metrics") + "/sync"
+                assert (await bot.post(sync)).status_code == 403
+                assert (await host.post(sync)).status_code == 200
         finally:
             stop.set()
             await task
+
+
+async def test_a_sync_asked_for_counts_at_once(migrated_db: str) -> None:
+    """Syncing only every 30 s, the meter still serves a new bot's token, a top-up and a
+    suspension at once when storebot asks (POST /sync answers once a sync that started
+    after the request is done)."""
+    engine = make_engine(migrated_db)
+    with FakeOpenRouter(api_key=UPSTREAM_KEY, cost=COST) as upstream:
+        env = meter_env(migrated_db, upstream, METER_SYNC_SECONDS=30)
+        settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(build_meter(settings), stop))
+        url = f"http://127.0.0.1:{settings.METER_PORT}"
+        meter = MeterUnderTest(url, engine, upstream, settings, httpx.AsyncClient(timeout=10))
+        try:
+            for _ in range(200):
+                try:
+                    if (await meter.http.get(f"{url}/healthz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.02)
+            bot = meter.bot("mtr00020")  # after the meter's first sync
+            assert (await meter.call(bot)).status_code == 401
+            answers = await asyncio.gather(*(meter.http.post(f"{url}/sync") for _ in range(5)))
+            assert {a.status_code for a in answers} == {200}
+            assert (await meter.call(bot)).status_code == 200  # known: the top-up answer
+            assert upstream.count == 0
+            with session(engine) as s:
+                ledger.credit_topup(s, bot, 1_000_000, ref="cs-mtr00020", actor="test")
+                s.commit()
+            await meter.synced()
+            assert (await meter.call(bot)).status_code == 200 and upstream.count == 1
+            set_status(engine, bot, BotStatus.suspended)
+            await meter.synced()
+            assert (await meter.call(bot)).status_code == 403
+        finally:
+            stop.set()
+            await task
+            await meter.http.aclose()
+            engine.dispose()
 
 
 def test_the_meter_process_writes_every_debit_before_it_stops(

@@ -277,6 +277,7 @@ async def credit(message: Message, command: CommandObject, hosting: Hosting) -> 
     except StorebotError as exc:
         await message.answer(f"{_failed(exc, parts[0])}\n{texts.OPS_USAGE['credit']}")
         return
+    await hosting.tell_meter()
     await message.answer(_sentence(out.message))
 
 

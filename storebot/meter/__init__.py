@@ -9,7 +9,6 @@ sync (no debit is lost on a clean stop) -> close.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -42,19 +41,33 @@ def build_meter(settings: Settings) -> Meter:
 
 
 async def keep_synced(m: Meter, stop: asyncio.Event) -> None:
-    """Sync the book every METER_SYNC_SECONDS until `stop`, then once more: a sync that
-    was already running when `stop` came may miss the last calls' debits."""
+    """Sync the book every METER_SYNC_SECONDS, or at once when asked (POST /sync), until
+    `stop`, then once more: a sync that was already running when `stop` came may miss
+    the last calls' debits."""
     while True:
         last = stop.is_set()
+        m.syncs.begin()
+        ok = False
         try:
             await m.book.sync()
+            ok = True
         except Exception as exc:  # the database may be away for a while: keep serving
             m.metrics.sync_failures.inc()
             log.warning("meter sync failed (%d debits kept): %s", m.book.unwritten, exc)
+        finally:
+            await m.syncs.end(ok)
         if last:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), m.settings.METER_SYNC_SECONDS)
+        await _first_of(stop, m.syncs.wanted, timeout=m.settings.METER_SYNC_SECONDS)
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def write_the_rest(m: Meter, attempts: int = 5) -> bool:

@@ -1,5 +1,5 @@
-"""The meter's HTTP app: POST /v1/chat/completions for the bots, GET /metrics and
-GET /healthz for the operator.
+"""The meter's HTTP app: POST /v1/chat/completions for the bots; GET /metrics,
+GET /healthz and POST /sync (re-read the bots now) for the host.
 
 One call: bearer -> bot (the SHA-256 of its LLM token, looked up in memory) -> refused
 unless the bot may run -> body checked, the model forced to OPENROUTER_MODEL -> one of
@@ -10,11 +10,12 @@ and is not charged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
@@ -29,7 +30,44 @@ from storebot.models import utcnow
 from storebot.settings import Settings
 
 log = logging.getLogger(__name__)
+SYNC_NOW_TIMEOUT_SECONDS = 5.0
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@dataclass
+class Syncs:
+    """The sync loop's clock: a sync can be asked for now, and waited for."""
+
+    wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    started: int = 0
+    finished: int = 0
+    last_ok: int = 0  # the number of the last sync that succeeded
+    _done: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def begin(self) -> None:
+        self.wanted.clear()
+        self.started += 1
+
+    async def end(self, ok: bool) -> None:
+        self.finished = self.started
+        if ok:
+            self.last_ok = self.started
+        async with self._done:
+            self._done.notify_all()
+
+    async def one_from_now(self, timeout: float) -> bool:
+        """Ask for a sync and wait for one that started after this call; True if it
+        succeeded within `timeout` seconds."""
+        target = self.started + 1
+        self.wanted.set()
+        async with self._done:
+            try:
+                await asyncio.wait_for(
+                    self._done.wait_for(lambda: self.finished >= target), timeout
+                )
+            except TimeoutError:
+                return False
+        return self.last_ok >= target
 
 
 @dataclass
@@ -39,6 +77,7 @@ class Meter:
     upstream: Upstream
     metrics: MeterMetrics
     shop_username: str | None = None  # the management bot, named in the "top up" answer
+    syncs: Syncs = field(default_factory=Syncs)
 
 
 def _fail(status: int, message: str, kind: str, code: str) -> web.Response:
@@ -163,13 +202,25 @@ def build_meter_app(m: Meter) -> web.Application:
         assert out is not None
         return out
 
-    async def metrics(request: web.Request) -> web.Response:
+    def from_a_bot(request: web.Request) -> bool:
         # Bots reach this port: what other bots spend is none of their business. The
         # host's own address on the bridge (the gateway) is storebot, not a bot.
-        if _from(request.remote, bot_net) and request.remote != str(host_on_bridge):
+        return _from(request.remote, bot_net) and request.remote != str(host_on_bridge)
+
+    async def metrics(request: web.Request) -> web.Response:
+        if from_a_bot(request):
             return web.Response(status=403, text="forbidden")
         m.metrics.unwritten.set(m.book.unwritten)
         return web.Response(body=m.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def sync_now(request: web.Request) -> web.Response:
+        """storebot, after a suspend, a start or a top-up: re-read statuses, tokens and
+        balances now (answered once done) instead of within METER_SYNC_SECONDS."""
+        if from_a_bot(request):
+            return web.Response(status=403, text="forbidden")
+        if await m.syncs.one_from_now(SYNC_NOW_TIMEOUT_SECONDS):
+            return web.json_response({"status": "synced"})
+        return web.json_response({"status": "sync failed or late"}, status=503)
 
     async def healthz(request: web.Request) -> web.Response:
         ok = m.book.synced
@@ -179,6 +230,7 @@ def build_meter_app(m: Meter) -> web.Application:
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/sync", sync_now)
     return app
 
 
