@@ -349,6 +349,7 @@ async def _credit(h: Any, args: argparse.Namespace) -> int:
     from storebot.topups import admin_credit
 
     out = admin_credit(h, args.bot_id, args.amount, actor=_actor(), note=args.note)
+    await h.tell_meter()
     _emit(args, asdict(out), out.message)
     return 0
 

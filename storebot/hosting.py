@@ -6,7 +6,9 @@ passed to the deploy and lifecycle services. It knows no Telegram chat and no CL
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -37,7 +39,7 @@ from storebot.tokens import TokenBox, redact
 
 FAILURE_LOG_LINES = 50
 #: how long a (re)start waits for Traefik to drop a stopped container's route
-ROUTE_DROP_SECONDS = 5.0
+ROUTE_DROP_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ class Hosting:
     http: httpx.AsyncClient
     tokens: TokenBox
     _network: NetworkInfo | None = field(default=None, init=False)
+    _starting: defaultdict[str, asyncio.Lock] = field(
+        default_factory=lambda: defaultdict(asyncio.Lock), init=False
+    )
 
     def session(self) -> Session:
         return new_session(self.db)
@@ -185,23 +190,30 @@ class Hosting:
         await self.prepare_network()
         s = self.settings
         spec = self.spec(bot)
-        if not await self.docker.running_as(spec):
-            # (re)started below: first let Traefik drop the route of the stopped one
-            await self.docker.stop(spec["name"], timeout=2)
-            if not await wait_unrouted(
-                self.http, s.HEALTH_PROBE_URL, s.bot_host(bot.id), ROUTE_DROP_SECONDS
-            ):
-                log.warning("Traefik still routes %s to a stopped container", bot.id)
-        await self.docker.run(spec)
-        healthy = await wait_healthy(
-            self.http, s.HEALTH_PROBE_URL, s.bot_host(bot.id), s.HEALTH_TIMEOUT_SECONDS
-        )
+        # one start of a bot at a time in this process: a second one (a double-pressed
+        # Resume, the reconciler) could stop the container the first just started
+        async with self._starting[bot.id]:
+            if not await self.docker.running_as(spec):
+                # (re)started below: first let Traefik drop the route of the stopped one
+                await self.docker.stop(spec["name"], timeout=2)
+                if not await wait_unrouted(
+                    self.http, s.HEALTH_PROBE_URL, s.bot_host(bot.id), ROUTE_DROP_SECONDS
+                ):
+                    log.warning("Traefik still routes %s to a stopped container", bot.id)
+            await self.docker.run(spec)
+            # the meter learns a new LLM token while nullclawd boots, not after
+            healthy, _ = await asyncio.gather(
+                wait_healthy(
+                    self.http, s.HEALTH_PROBE_URL, s.bot_host(bot.id), s.HEALTH_TIMEOUT_SECONDS
+                ),
+                self.tell_meter(),
+            )
         try:
             if not healthy:
                 await self._fail_unhealthy(session, bot, actor)
             if bot.status is not BotStatus.running:
                 self.transition(session, bot, BotStatus.running, actor=actor, reason=why)
-            await self.tell_meter()  # its LLM token (new, or refused until now) works
+                await self.tell_meter()  # served, not refused as suspended, from now on
         except StateChanged:
             if bot.status is not BotStatus.running:
                 await self.docker.stop(self.container_name(bot.id), timeout=1)

@@ -97,9 +97,11 @@ async def ops_stack(
     telegram: FakeTelegram,
     db: str,
     docker_client: docker.DockerClient,
+    meter_sync_seconds: float = 1.0,
 ) -> AsyncIterator[Stack]:
     """storebot (management bot and ops chat) and the meter running in this loop, with
-    one bot deployed on Docker behind Traefik and no LLM credit."""
+    one bot deployed on Docker behind Traefik and no LLM credit. The meter syncs every
+    `meter_sync_seconds` (1: the default) and when storebot asks."""
     shop = telegram.add_bot(username="storebot_ops_e2e_bot")
     meter_port = free_port()
     with (
@@ -110,7 +112,8 @@ async def ops_stack(
             telegram,
             db,
             # where the bots reach it, and storebot asks it to sync (the bot's own LLM
-            # calls are not needed); METER_SYNC_SECONDS at its default, as in production
+            # calls are not needed)
+            METER_SYNC_SECONDS=meter_sync_seconds,
             METER_HOST=services.gateway,
             METER_PORT=meter_port,
             LLM_METER_URL=f"http://{services.gateway}:{meter_port}/v1",
@@ -122,7 +125,6 @@ async def ops_stack(
             ADMIN_USER_IDS=str(ADMIN),
         )
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
-        assert settings.METER_SYNC_SECONDS == 1.0
         h = build_hosting(settings)
         try:
             result = await deploy(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import httpx
 from aiohttp import web
@@ -25,6 +26,8 @@ from storebot.settings import Settings
 from storebot.telegram_api import BotApi
 
 log = logging.getLogger(__name__)
+#: syncs asked for (POST /sync) come no closer than this: a full re-read each
+MIN_SYNC_GAP_SECONDS = 0.1
 
 
 def build_meter(settings: Settings) -> Meter:
@@ -58,7 +61,10 @@ async def keep_synced(m: Meter, stop: asyncio.Event) -> None:
             await m.syncs.end(ok)
         if last:
             return
+        ended = time.monotonic()
         await _first_of(stop, m.syncs.wanted, timeout=m.settings.METER_SYNC_SECONDS)
+        if not stop.is_set():  # asked for: still no more than one sync per MIN_SYNC_GAP
+            await asyncio.sleep(ended + MIN_SYNC_GAP_SECONDS - time.monotonic())
 
 
 async def _first_of(*events: asyncio.Event, timeout: float) -> None:

@@ -205,7 +205,8 @@ def build_meter_app(m: Meter) -> web.Application:
     def from_a_bot(request: web.Request) -> bool:
         # Bots reach this port: what other bots spend is none of their business. The
         # host's own address on the bridge (the gateway) is storebot, not a bot.
-        return _from(request.remote, bot_net) and request.remote != str(host_on_bridge)
+        ip = _address(request.remote)
+        return ip is not None and ip in bot_net and ip != host_on_bridge
 
     async def metrics(request: web.Request) -> web.Response:
         if from_a_bot(request):
@@ -234,8 +235,8 @@ def build_meter_app(m: Meter) -> web.Application:
     return app
 
 
-def _from(remote: str | None, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def _address(remote: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return remote is not None and ipaddress.ip_address(remote) in net
+        return ipaddress.ip_address(remote or "")
     except ValueError:
-        return False
+        return None
