@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATUS",
         help="only bots in this status: running, suspended, failed, deploying, destroyed, ...",
     )
+    f = cmd("find", "find bots (destroyed ones too) by id, @username or owner", bot_id=False)
+    f.add_argument(
+        "text",
+        metavar="TEXT",
+        help="the start of a bot id, part of an @username, or an owner's Telegram id",
+    )
     cmd("show", "show one bot: status, limits, container, recent events")
     s = cmd("suspend", "stop a bot now and take its route down (kill switch)")
     s.add_argument("--reason", default="", help="why (recorded with your name)")
@@ -272,6 +278,19 @@ async def _list(h: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _find(h: Any, args: argparse.Namespace) -> int:
+    from storebot.ops import find_bots
+
+    found = find_bots(h, args.text, limit=None)
+    rows = [
+        f"{b.id:<10} {b.status:<17} {'@' + b.username if b.username else '-':<24} "
+        f"owner {b.owner or '-'}"
+        for b in found
+    ]
+    _emit(args, [asdict(b) for b in found], "\n".join(rows) or f"no bot matches {args.text!r}")
+    return 0
+
+
 async def _show(h: Any, args: argparse.Namespace) -> int:
     from storebot.bot_ops import show
 
@@ -392,6 +411,7 @@ async def _reconcile(h: Any, args: argparse.Namespace) -> int:
 ACTIONS: dict[str, Callable[[Any, argparse.Namespace], Awaitable[int]]] = {
     "deploy": _deploy,
     "list": _list,
+    "find": _find,
     "show": _show,
     "suspend": _outcome("suspend"),
     "resume": _outcome("resume"),

@@ -1,5 +1,5 @@
 """What operators see and do, for the ops chat (`storebot.chat.ops`) and `storebot admin`:
-pages of bots with their owner and balance, one bot's card with its resources now,
+pages of bots with their owner and balance, a search, one bot's card with its resources now,
 the kill switch and the other actions, and the figures of /stats.
 
 Actions go through `storebot.bot_ops`, which records each with its actor and reason;
@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from storebot import bot_ops, customers, ledger, orders
@@ -103,6 +103,38 @@ def bots_page(
             for b, owner, balance in rows
         ]
     return Page(lines, page, pages, total, status)
+
+
+FIND_LIMIT = 10
+
+
+def find_bots(h: Hosting, text: str, *, limit: int | None = FIND_LIMIT) -> list[BotLine]:
+    """Bots, destroyed ones too, whose id starts with `text`, whose @username contains
+    it (any case; a leading @ is ignored) or whose owner's Telegram id it is; oldest
+    first, at most `limit`."""
+    q = text.strip().removeprefix("@").lower()
+    if not q:
+        raise StorebotError("say what to look for: part of an @username, an id, an owner")
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    matches = [
+        col(Bot.id).startswith(escaped, escape="\\"),
+        func.lower(col(Bot.telegram_username)).contains(escaped, escape="\\"),
+    ]
+    if q.isdigit() and len(q) < 19:  # a Telegram id fits in 64 bits
+        matches.append(col(Customer.telegram_id) == int(q))
+    stmt = (
+        select(Bot, Customer.telegram_id, LlmAccount.balance_micro)
+        .join(Customer, col(Customer.id) == col(Bot.customer_id), isouter=True)
+        .join(LlmAccount, col(LlmAccount.bot_id) == col(Bot.id), isouter=True)
+        .where(or_(*matches))
+        .order_by(col(Bot.created_at), col(Bot.id))
+        .limit(limit)
+    )
+    with h.session() as s:
+        return [
+            BotLine(b.id, str(b.status), b.telegram_username, owner, int(balance or 0))
+            for b, owner, balance in s.exec(stmt)
+        ]
 
 
 # One bot -----------------------------------------------------------------------------

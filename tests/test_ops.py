@@ -26,7 +26,7 @@ from sqlmodel import select
 from storebot import ledger, ops
 from storebot.app import build_hosting
 from storebot.chat import texts
-from storebot.chat.ops import Act, BotsPage, CardAction, DestroyConfirmed
+from storebot.chat.ops import Act, BotsPage, CardAction, DestroyConfirmed, OpenCard
 from storebot.db import make_engine, session
 from storebot.models import Bot, BotEvent, BotStatus, LedgerEntry, LedgerKind, RepairRecord, utcnow
 from storebot.settings import Settings
@@ -137,7 +137,17 @@ def credit(engine: Engine, bot_id: str, micro: int, ref: str) -> None:
 async def test_the_ops_commands_are_offered_in_the_ops_chat_only(ops_chat: Ops) -> None:
     scope = {"type": "chat", "chat_id": OPS}
     ops_menu = [c["command"] for c in ops_chat.tg.commands(ops_chat.token, scope)]
-    assert ops_menu == ["bots", "bot", "suspend", "resume", "destroy", "credit", "stats", "help"]
+    assert ops_menu == [
+        "bots",
+        "bot",
+        "find",
+        "suspend",
+        "resume",
+        "destroy",
+        "credit",
+        "stats",
+        "help",
+    ]
     assert "suspend" not in [c["command"] for c in ops_chat.tg.commands(ops_chat.token)]
 
 
@@ -275,6 +285,52 @@ async def test_bots_pages_and_filters(ops_chat: Ops) -> None:
     ops_chat.press(gone, BotsPage(page=7, status="destroyed"))  # past the end: the last page
     await asyncio.sleep(0.3)
     assert ops_chat.tg.message(ops_chat.token, OPS, gone["message_id"])["text"] == gone["text"]
+
+
+# /find --------------------------------------------------------------------------------
+
+
+async def test_find_by_username_id_or_owner(ops_chat: Ops) -> None:
+    e = ops_chat.engine
+    add_bot(e, "opsf0001", 5553001, username="Alice_Helper_bot")
+    add_bot(e, "opsf0002", 5553002, status=BotStatus.destroyed, username="bob_bot")
+    add_bot(e, "opsf0003", 5553001)  # no username yet
+    add_bot(e, "zzfx0004", 5553003, username="a100percent_bot")
+
+    async def found(text: str) -> tuple[list[str], dict[str, Any]]:
+        ops_chat.send(f"/find {text}")
+        msg = await ops_chat.says("atch")  # "Bots matching ..." or "No bot matches ..."
+        ids = [line.split()[0] for line in msg["text"].splitlines()[1:]]
+        return ids, msg
+
+    assert (await found("alice"))[0] == ["opsf0001"]  # any case, part of the name
+    assert (await found("@BOB"))[0] == ["opsf0002"]  # destroyed ones too
+    assert (await found("5553001"))[0] == ["opsf0001", "opsf0003"]  # the owner's bots
+    ids, msg = await found("opsf")  # the start of an id
+    assert ids == ["opsf0001", "opsf0002", "opsf0003"]
+    buttons = [b for row in msg["reply_markup"]["inline_keyboard"] for b in row]
+    assert [b["text"] for b in buttons] == [
+        "opsf0001 @Alice_Helper_bot",
+        "opsf0002 @bob_bot",
+        "opsf0003",
+    ]
+    assert buttons[0]["callback_data"] == OpenCard(bot_id="opsf0001").pack()
+    # LIKE's wildcards are plain text (as wildcards both would match a100percent_bot);
+    # an id must start with the text
+    for wild in ("a%p", "a_0", "sf0"):
+        ids, msg = await found(wild)
+        assert ids == [] and "No bot matches" in msg["text"], wild
+    assert (await found("100p"))[0] == ["zzfx0004"]
+
+    for n in range(12):
+        add_bot(e, f"opsm{n:04d}", 5553100 + n, username=f"many{n}_bot")
+    ids, msg = await found("many")
+    assert len(ids) == ops.FIND_LIMIT and "the first 10" in msg["text"]
+
+    ops_chat.send("/find")
+    await ops_chat.says("Usage: /find TEXT")
+    ops_chat.send("/find @")
+    await ops_chat.says("say what to look for")
 
 
 # /stats -------------------------------------------------------------------------------
@@ -421,6 +477,15 @@ def test_cli_list_by_status_and_stats(migrated_db: str, tmp_path: Path) -> None:
         "opsc0003"
     ]
     assert run("list", "--status", "failed") == "no failed bots\n"
+    found = json.loads(run("find", "opsc", "--json"))  # destroyed ones too
+    assert [(b["id"], b["status"], b["owner"]) for b in found] == [
+        ("opsc0001", "running", OWNER),
+        ("opsc0002", "suspended", OWNER),
+        ("opsc0003", "destroyed", OWNER),
+    ]
+    assert run("find", "nothing-like-it") == "no bot matches 'nothing-like-it'\n"
+    empty = cli(env, "admin", "find", "@")
+    assert empty.returncode == 1 and "say what to look for" in empty.stderr
     bad = cli(env, "admin", "list", "--status", "sleeping")
     assert bad.returncode == 1 and "unknown status 'sleeping'" in bad.stderr
 

@@ -17,7 +17,7 @@ import docker
 import pytest
 from sqlmodel import select
 
-from storebot.chat.ops import Act, CardAction, DestroyConfirmed
+from storebot.chat.ops import Act, CardAction, DestroyConfirmed, OpenCard
 from storebot.db import make_engine, session
 from storebot.models import BotEvent
 from tests.fakes.telegram import FakeTelegram
@@ -81,9 +81,12 @@ async def test_suspend_in_the_ops_chat_stops_unroutes_refuses_and_tells(stack: S
 
 
 async def test_card_resume_and_destroy_from_the_ops_chat(stack: Stack) -> None:
-    bot = stack.bot.id
-    stack.send(f"/bot {bot}")
-    card = await stack.says(f"Bot {bot} @{stack.bot.telegram_username}: running")
+    bot, name = stack.bot.id, stack.bot.telegram_username
+    stack.send(f"/find @{name.upper()}")  # no need to know the id: found, then opened
+    found = await stack.says(f"Bots matching '@{name.upper()}'")
+    assert found["text"].splitlines()[1].startswith(f"{bot}  running  @{name}  owner {OWNER}")
+    stack.press(found, OpenCard(bot_id=bot))
+    card = await stack.says(f"Bot {bot} @{name}: running")
     text = card["text"]
     assert f"Owner: {OWNER}" in text and "Plan: standard, no paid period" in text
     assert "LLM balance: $0.00" in text

@@ -42,6 +42,7 @@ from storebot.stripe_gateway import StripeGateway
 COMMANDS = [
     BotCommand(command="bots", description="Bots, a page at a time: /bots [status]"),
     BotCommand(command="bot", description="One bot: /bot ID"),
+    BotCommand(command="find", description="Find bots: /find @name, id or owner"),
     BotCommand(command="suspend", description="Kill switch: /suspend ID [reason]"),
     BotCommand(command="resume", description="Start again: /resume ID"),
     BotCommand(command="destroy", description="Remove a bot and its data: /destroy ID"),
@@ -60,6 +61,10 @@ class Act(StrEnum):
 class BotsPage(CallbackData, prefix="opsl"):
     page: int
     status: str  # "": every status but destroyed
+
+
+class OpenCard(CallbackData, prefix="opso"):
+    bot_id: str
 
 
 class CardAction(CallbackData, prefix="opsa"):
@@ -233,7 +238,16 @@ async def bot_card(message: Message, command: CommandObject, hosting: Hosting) -
     if not command.args:
         await message.answer(texts.OPS_USAGE["bot"])
         return
-    bot_id = command.args.split()[0]
+    await _send_card(message, hosting, command.args.split()[0])
+
+
+async def open_card(query: CallbackQuery, callback_data: OpenCard, hosting: Hosting) -> None:
+    await query.answer()
+    if isinstance(query.message, Message):
+        await _send_card(query.message, hosting, callback_data.bot_id)
+
+
+async def _send_card(message: Message, hosting: Hosting, bot_id: str) -> None:
     try:
         card = await ops.bot_card(hosting, bot_id)
     except StorebotError as exc:
@@ -241,6 +255,23 @@ async def bot_card(message: Message, command: CommandObject, hosting: Hosting) -
         return
     keyboard = card_keyboard(card.info["id"], BotStatus(card.info["status"]))
     await message.answer(texts.ops_card(card), reply_markup=keyboard)
+
+
+async def find(message: Message, command: CommandObject, hosting: Hosting) -> None:
+    text = (command.args or "").strip()
+    if not text:
+        await message.answer(texts.OPS_USAGE["find"])
+        return
+    try:
+        found = ops.find_bots(hosting, text)
+    except StorebotError as exc:
+        await message.answer(f"{exc}\n{texts.OPS_USAGE['find']}")
+        return
+    b = InlineKeyboardBuilder()
+    for line in found:
+        name = f" @{line.username}" if line.username else ""
+        b.row(_button(f"{line.id}{name}", OpenCard(bot_id=line.id)))
+    await message.answer(texts.ops_found(text, found, ops.FIND_LIMIT), reply_markup=b.as_markup())
 
 
 async def suspend(message: Message, command: CommandObject, hosting: Hosting, bot: TgBot) -> None:
@@ -341,6 +372,7 @@ def make_ops_router(chat_id: int, admins: frozenset[int]) -> Router:
     admin.message.register(help_, Command("help", "start"))
     admin.message.register(bots, Command("bots"))
     admin.message.register(bot_card, Command("bot"))
+    admin.message.register(find, Command("find"))
     admin.message.register(suspend, Command("suspend"))
     admin.message.register(resume, Command("resume"))
     admin.message.register(destroy, Command("destroy"))
@@ -348,6 +380,7 @@ def make_ops_router(chat_id: int, admins: frozenset[int]) -> Router:
     admin.message.register(stats, Command("stats"))
     admin.callback_query.register(bots_page, BotsPage.filter())
     admin.callback_query.register(card_action, CardAction.filter())
+    admin.callback_query.register(open_card, OpenCard.filter())
     admin.callback_query.register(destroy_confirmed, DestroyConfirmed.filter())
     quiet = Router(name="ops-quiet")
     quiet.message.register(ignore)

@@ -188,6 +188,7 @@ OPS_HELP = (
     "Ops commands (this chat, admins only):\n"
     "/bots [status] - the bots, a page at a time\n"
     "/bot ID - one bot: status, owner, plan, balance, resources, events\n"
+    "/find TEXT - bots by part of an @username, an id, or an owner's Telegram id\n"
     "/suspend ID [reason] - kill switch: stopped, LLM off, route gone, owner told\n"
     "/resume ID - start a suspended or failed bot again\n"
     "/destroy ID - remove a bot and its data (asks first)\n"
@@ -197,6 +198,7 @@ OPS_HELP = (
 OPS_USAGE = {
     "bots": "Usage: /bots [status], e.g. /bots suspended",
     "bot": "Usage: /bot ID (see /bots)",
+    "find": "Usage: /find TEXT, e.g. /find shop_bot, /find k3v9, /find 123456789",
     "suspend": "Usage: /suspend ID [reason], e.g. /suspend k3v9x2qa spam reports",
     "resume": "Usage: /resume ID",
     "destroy": "Usage: /destroy ID",
@@ -213,12 +215,22 @@ def ops_page(page: ops.Page) -> str:
     head = f"Bots ({which}): {page.total}, page {page.page + 1} of {page.pages}"
     if not page.bots:
         return f"{head}\n(none)"
-    lines = [
+    return "\n".join([head, *map(_bot_line, page.bots)])
+
+
+def ops_found(text: str, found: list[ops.BotLine], limit: int) -> str:
+    if not found:
+        return f"No bot matches {text[:40]!r} (an id's start, part of an @username, an owner id)."
+    more = f", the first {limit}" if len(found) >= limit else ""
+    head = f"Bots matching {text[:40]!r}{more}:"
+    return "\n".join([head, *map(_bot_line, found)])
+
+
+def _bot_line(b: ops.BotLine) -> str:
+    return (
         f"{b.id}  {b.status}  {'@' + b.username if b.username else '-'}  "
         f"owner {b.owner or '-'}  {format_usd(b.balance_micro)}"
-        for b in page.bots
-    ]
-    return "\n".join([head, *lines])
+    )
 
 
 def ops_card(card: ops.Card) -> str:
