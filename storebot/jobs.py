@@ -113,7 +113,8 @@ async def reconcile_drift(h: Hosting) -> list[Effect]:
     done = [r for r in await reconcile(h) if r.ok]
     if not done:
         return []
-    effects = [Effect("repairs", detail={"lines": [r.detail for r in done]})]
+    lines = [f"{r.bot_id or r.container}: {r.detail}" for r in done]
+    effects = [Effect("repairs", detail={"lines": lines})]
     kinds = {"finish_deploy": "deploy_recovered", "fail": "deploy_interrupted"}
     with h.session() as s:
         for r in done:

@@ -26,6 +26,7 @@ from storebot.deploy import DeployResult, deploy
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotStatus, RepairRecord, utcnow
 from storebot.reconciler import (
+    FINISHED,
     INTERRUPTED,
     NO_CONFIG,
     Action,
@@ -37,6 +38,7 @@ from storebot.reconciler import (
     repair_counts,
 )
 from storebot.settings import Settings
+from tests.chat_helpers import shop_env, storebot
 from tests.cli_helpers import wait_status
 from tests.conftest import need
 from tests.fakes.telegram import FakeTelegram
@@ -44,6 +46,7 @@ from tests.harness import STANDIN, Services
 from tests.rows import add_bot
 
 OWNER = 5550901
+OPS = -100778
 
 # The plan (pure) ----------------------------------------------------------------------
 
@@ -240,6 +243,45 @@ async def test_suspended_bot_started_by_hand_is_stopped_again(
     assert _state(docker_client, bot.container) == "exited"
     assert _bot(h, bot.id).status is BotStatus.suspended
     assert _bot(h, bot.id).status_reason == "abuse"  # the operator's word stands
+
+
+@pytest.mark.docker
+@pytest.mark.traefik
+async def test_storebot_repairs_at_start_up_and_tells_ops_and_owners(
+    h: Hosting,
+    services: Services,
+    telegram: FakeTelegram,
+    docker_client: docker.DockerClient,
+    hosted_env: dict[str, str],
+) -> None:
+    """`storebot run` with the reconciler on (tests turn it off elsewhere: they share
+    one instance label): its first pass, at start-up, repairs, then the ops chat reads
+    which bot got what and each owner of an interrupted deploy is told the outcome."""
+    stale = h.settings.DEPLOY_STALE_SECONDS + 60
+    missing = await _deploy(h, telegram)  # running, container removed by hand
+    docker_client.containers.get(missing.container).remove(force=True)
+    finished = await deploy(
+        h, token=telegram.add_bot().token, owner_telegram_id=OWNER + 3, actor="t"
+    )  # crashed mid-deploy after its config was written
+    docker_client.containers.get(finished.container).remove(force=True)
+    _age(h, finished.id, BotStatus.deploying, stale)
+    failed = add_bot(h.db, _new_id("order"), owner=OWNER + 4, status=BotStatus.deploying)
+    _age(h, failed, BotStatus.deploying, stale)  # crashed before its config: failed
+
+    shop = telegram.add_bot(username="storebot_repair_bot")
+    env = hosted_env | {"RECONCILER": "true", "OPS_CHAT_ID": str(OPS), "ADMIN_USER_IDS": "1"}
+    settings = Settings(_env_file=None, **(env | shop_env(shop.token)))  # type: ignore[arg-type]
+    async with storebot(settings):
+        report = await telegram.await_message(shop.token, OPS, "Reconciler:", timeout=60)
+        lines = report["text"].splitlines()
+        assert f"- {missing.id}: its container was missing: re-created" in lines
+        assert f"- {finished.id}: {FINISHED}" in lines
+        assert f"- {failed}: {INTERRUPTED}" in lines
+        live = await telegram.await_message(shop.token, OWNER + 3, "is live", timeout=10)
+        assert finished.id in live["text"] and "New gateway token" in live["text"]
+        again = await telegram.await_message(shop.token, OWNER + 4, "interrupted", timeout=10)
+        assert failed in again["text"] and "token again" in again["text"]
+    assert _healthy(services, missing.id) and _healthy(services, finished.id)
 
 
 @pytest.mark.docker
