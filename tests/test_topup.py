@@ -73,6 +73,10 @@ async def test_other_amount_is_typed_and_checked(shop: Shop) -> None:
         shop.telegram.send_text(shop.token, ALICE, typed, reply_to=question["message_id"])
         await alice.says(why)
         question = await alice.says("How many dollars of LLM credit for bot tup00003?")
+    # a command typed as the reply (the app opens one) is that command, not an amount
+    shop.telegram.send_text(shop.token, ALICE, "/balance", reply_to=question["message_id"])
+    await alice.says("Bot tup00002")  # /balance answered, one message per bot
+    assert not any("not an amount" in t for t in shop.telegram.sent(shop.token, ALICE)[-3:])
     shop.telegram.send_text(shop.token, ALICE, "12.50", reply_to=question["message_id"])
     pay = await alice.says("$12.50 of LLM credit for bot tup00003")
     assert shop.stripe.sessions[session_id(pay)]["amount_total"] == 1250
@@ -192,3 +196,39 @@ async def test_a_balance_alert_reaches_the_owner_with_a_top_up_button(shop: Shop
     assert button["text"] == "Top up"
     alice.press(alert, kb.TopupBot.unpack(button["callback_data"]))
     await alice.says("LLM credit for bot tup00009 (balance now $1.50)")
+
+
+async def test_an_owner_who_blocked_the_bot_does_not_stop_the_other_alerts(shop: Shop) -> None:
+    from aiogram import Bot as TgBot
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+
+    from storebot.app import build_hosting
+    from storebot.balance_alerts import due_alerts
+    from storebot.chat.notify import send_effects
+
+    engine = make_engine(shop.settings.DATABASE_URL)
+    for bot, owner in (("tup00010", ALICE), ("tup00011", BOB)):
+        add_bot(engine, bot, owner)
+        with session(engine) as s:
+            ledger.credit_topup(s, bot, 10_000_000, ref=f"cs_{bot}", actor="stripe")
+            ledger.write_debits(s, [Debit(bot, 8_500_000, utcnow())])
+            s.commit()
+    engine.dispose()
+    h = build_hosting(shop.settings)
+    api = TelegramAPIServer.from_base(shop.settings.TELEGRAM_API_BASE)
+    tg = TgBot(shop.token, session=AiohttpSession(api=api))
+    try:
+        effects = due_alerts(h)
+        assert len(effects) == 2
+        shop.telegram.fail_next(
+            "sendMessage", 403, description="Forbidden: bot was blocked by the user"
+        )
+        assert await send_effects(tg, shop.settings, effects) == 1  # not an exception
+    finally:
+        await tg.session.close()
+        await h.aclose()
+    refused, delivered = effects[0].telegram_id, effects[1].telegram_id
+    assert delivered is not None and refused is not None
+    await shop.chat(delivered).says("of LLM credit left, 20% or less")
+    assert shop.telegram.sent(shop.token, refused) == []

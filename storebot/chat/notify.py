@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiogram import Bot
+from aiogram.exceptions import TelegramAPIError
 from aiogram.types import InlineKeyboardMarkup
 
 from storebot.chat import keyboards as kb
@@ -106,10 +107,19 @@ def keyboard(effect: Effect) -> InlineKeyboardMarkup | None:
     return None
 
 
-async def send_effects(bot: Bot, settings: Settings, effects: list[Effect]) -> None:
+async def send_effects(bot: Bot, settings: Settings, effects: list[Effect]) -> int:
+    """Send each effect's message; one that Telegram refuses (an owner who blocked the
+    bot, a flood limit) is logged and skipped, never the rest. Returns how many went."""
+    sent = 0
     for effect in effects:
         chat, text = render(effect, settings)
         if chat is None:
             log.warning("no chat for effect %s: %s", effect.kind, effect.detail)
             continue
-        await bot.send_message(chat, text, reply_markup=keyboard(effect))
+        try:
+            await bot.send_message(chat, text, reply_markup=keyboard(effect))
+        except TelegramAPIError as exc:
+            log.warning("%s for chat %s not sent: %s", effect.kind, chat, exc)
+            continue
+        sent += 1
+    return sent

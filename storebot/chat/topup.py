@@ -152,10 +152,12 @@ def make_topup_router() -> Router:
     r.callback_query.register(bot_chosen, kb.TopupBot.filter())
     r.callback_query.register(amount_chosen, kb.TopupAmount.filter())
     # an answer to our "how many dollars" question (before the customer router, whose
-    # text handler would take it for a token)
+    # text handler would take it for a token); a command typed then (ForceReply makes
+    # it a reply too) goes to its own handler: /cancel, /mybots, ... still work
     r.message.register(
         amount_typed,
         F.text,
+        ~F.text.startswith("/"),
         F.reply_to_message.text.startswith(texts.ASK_AMOUNT_PREFIX),
     )
     return r
