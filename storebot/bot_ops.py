@@ -3,7 +3,8 @@ destroy, show, list, logs.
 
 Each action is idempotent: run twice, or re-run after a crash halfway, and it
 converges (Docker first, then the database, so the database never claims more than
-Docker has done).
+Docker has done; suspend is the exception: the kill switch must hold with Docker down,
+and a suspended bot's container is stopped by the reconciler if not by suspend).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from storebot import bot_files, deploy
 from storebot.errors import (
     BotNotFound,
     DeployInProgress,
+    DockerUnavailable,
     InvalidTransition,
     StateChanged,
     StorebotError,
@@ -40,16 +42,30 @@ class Outcome:
 
 
 async def suspend(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Outcome:
+    """The kill switch. The database first (the meter, the reconciler and every other
+    process follow it), then the meter, then the container (stopped = route gone):
+    with Docker down, the bot is still suspended and its LLM access off, and the
+    reconciler stops the container once Docker answers again."""
     with h.session() as s:
         bot = h.get_bot(s, bot_id)
         target = plan_action("suspend", bot.status)
         h.release(s)
-        await h.docker.stop(h.container_name(bot.id), timeout=2)  # stopped = route gone
-        if target is None:
-            return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already suspended")
-        h.transition(s, bot, BotStatus.suspended, actor=actor, reason=reason or "suspended")
-        await h.tell_meter()  # its LLM token refused now
-        return Outcome(bot.id, bot.status, True, f"bot {bot.id} suspended")
+        if target is not None:
+            h.transition(s, bot, BotStatus.suspended, actor=actor, reason=reason or "suspended")
+            await h.tell_meter()  # its LLM token refused now
+        done = f"bot {bot.id} suspended" if target else f"bot {bot.id} was already suspended"
+        try:
+            await h.docker.stop(h.container_name(bot.id), timeout=2)
+        except DockerUnavailable as exc:
+            return Outcome(
+                bot.id,
+                bot.status,
+                target is not None,
+                f"{done} and its LLM access is off, but its container is not stopped yet: "
+                f"{exc}. The reconciler stops it when Docker answers again (or suspend it "
+                "again then).",
+            )
+        return Outcome(bot.id, bot.status, target is not None, done)
 
 
 async def resume(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Outcome:

@@ -374,6 +374,35 @@ async def test_docker_unreachable_changes_nothing(
 
 
 @pytest.mark.docker
+@pytest.mark.traefik
+async def test_a_suspend_holds_with_docker_down_and_the_reconciler_stops_the_container(
+    h: Hosting,
+    telegram: FakeTelegram,
+    docker_client: docker.DockerClient,
+    hosted_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The kill switch from a process that cannot reach Docker: the bot is suspended
+    (so the meter refuses it and nothing restarts it), the operator is told that its
+    container still runs, and the next reconciler pass that reaches Docker stops it."""
+    bot = await _deploy(h, telegram)
+    env = {**hosted_env, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    down = build_hosting(Settings(_env_file=None, **env))  # type: ignore[arg-type]
+    try:
+        out = await bot_ops.suspend(down, bot.id, actor="ops", reason="abuse")
+    finally:
+        await down.aclose()
+    assert out.changed and out.status == "suspended"
+    assert "LLM access is off, but its container is not stopped yet" in out.message
+    assert "Docker" in out.message and "reconciler" in out.message
+    assert _bot(h, bot.id).status is BotStatus.suspended
+    assert _state(docker_client, bot.container) == "running"  # Docker was out of reach
+    assert _mine(await reconcile(h), bot.id) == [(Action.stop, bot.id)]
+    assert _state(docker_client, bot.container) == "exited"
+    assert _bot(h, bot.id).status_reason == "abuse"
+
+
+@pytest.mark.docker
 async def test_firewall_jumps_dropped_by_hand_are_put_back(h: Hosting) -> None:
     bridge = (await h.prepare_network()).bridge
     _drop_jumps(bridge)
