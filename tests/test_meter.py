@@ -20,13 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import select
 
 from storebot import ledger
 from storebot.db import make_engine, session
+from storebot.ledger import Debit
 from storebot.meter import build_meter, serve
-from storebot.models import BotStatus, LedgerEntry, LedgerKind
+from storebot.meter.book import Book
+from storebot.models import BotStatus, LedgerEntry, LedgerKind, utcnow
 from storebot.settings import Settings
 from tests.conftest import base_env
 from tests.fakes.openrouter import FakeOpenRouter
@@ -402,6 +404,42 @@ async def test_a_sync_asked_for_counts_at_once(migrated_db: str) -> None:
             await task
             await meter.http.aclose()
             engine.dispose()
+
+
+async def test_a_reload_that_fails_after_the_write_never_writes_a_batch_twice(
+    migrated_db: str,
+) -> None:
+    """The database drops between the sync's write (committed) and its reload: the
+    next sync must not write the same debits again, and the balance stays exact."""
+    engine = make_engine(migrated_db)
+    add_bot(engine, "mtr00030", llm_token="tok-mtr00030")
+    with session(engine) as s:
+        ledger.credit_topup(s, "mtr00030", 1_000_000, ref="cs-mtr00030", actor="test")
+        s.commit()
+    book = Book(engine, 4)
+    await book.sync()
+    for _ in range(3):
+        book.charge(Debit("mtr00030", 1_000, utcnow()))
+    reloads = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def lose_the_reload(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+        if "llm_token_hash" in statement and statement.lstrip().upper().startswith("SELECT"):
+            reloads.append(statement)
+            if len(reloads) == 1:
+                raise ConnectionError("server closed the connection unexpectedly")
+
+    with pytest.raises(ConnectionError):
+        await book.sync()
+    assert book.unwritten == 0 and book.balance("mtr00030") == 997_000
+    await book.sync()
+    assert len(reloads) == 2
+    event.remove(engine, "before_cursor_execute", lose_the_reload)
+    with session(engine) as s:
+        assert ledger.balance(s, "mtr00030") == 997_000  # 3 debits, each once
+        assert ledger.check_sums(s) == {}
+    assert book.balance("mtr00030") == 997_000
+    book.close()
 
 
 def test_the_meter_process_writes_every_debit_before_it_stops(

@@ -1,11 +1,12 @@
 """What the meter knows about each bot, in memory: whose LLM token this is, whether the
 bot may call the LLM, and its balance.
 
-The hot path (one LLM call) reads only memory. A sync, every METER_SYNC_SECONDS,
-writes the debits taken since the last one to the ledger in one transaction and
-reloads tokens, statuses and balances (credits arrive from storebot's process). So a
-suspension or a top-up reaches the meter within one sync, and a debit is never lost:
-a failed write keeps the batch for the next sync.
+The hot path (one LLM call) reads only memory. A sync, every METER_SYNC_SECONDS
+(or when storebot asks), writes the debits taken since the last one to the ledger in
+one transaction, then reloads tokens, statuses and balances (credits arrive from
+storebot's process). So a suspension or a top-up reaches the meter within one sync,
+a debit is never lost (a failed write keeps the batch for the next sync) and never
+written twice (a failed reload does not bring a written batch back).
 
 A bot's balance here is its stored balance minus the debits not yet written, so it
 is exact within this process at every moment; calls are admitted one slot at a time
@@ -86,36 +87,43 @@ class Book:
     # Sync ---------------------------------------------------------------------------
 
     async def sync(self) -> None:
-        """Write the debits taken so far, then reload everything (one thread call)."""
+        """Write the debits taken so far, then reload everything (two thread calls: a
+        batch the ledger has taken is never written again, even if the reload fails)."""
         batch, self._unwritten = self._unwritten, []
-        try:
-            callers, stored = await asyncio.to_thread(self._write_and_reload, batch)
-        except BaseException:
-            self._unwritten[:0] = batch  # kept, in order, for the next sync
-            raise
-        for d in batch:  # now part of `stored`
-            left = self._unwritten_by_bot[d.bot_id] - d.micro
-            if left:
-                self._unwritten_by_bot[d.bot_id] = left
-            else:
-                del self._unwritten_by_bot[d.bot_id]
+        if batch:
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except BaseException:
+                self._unwritten[:0] = batch  # kept, in order, for the next sync
+                raise
+            for d in batch:  # now on the ledger: from unwritten to stored
+                self._stored[d.bot_id] = self._stored.get(d.bot_id, 0) - d.micro
+                left = self._unwritten_by_bot[d.bot_id] - d.micro
+                if left:
+                    self._unwritten_by_bot[d.bot_id] = left
+                else:
+                    del self._unwritten_by_bot[d.bot_id]
+        callers, stored = await asyncio.to_thread(self._reload)
+        # debits taken while the reload ran are still unwritten: balance() stays exact
         self._callers, self._stored = callers, stored
         for gone in self._slots.keys() - {c.bot_id for c in callers.values()}:
             if not self._slots[gone].locked():
                 del self._slots[gone]
         self.synced = True
 
-    def _write_and_reload(self, batch: list[Debit]) -> tuple[dict[str, Caller], dict[str, int]]:
+    def _write(self, batch: list[Debit]) -> None:
         with session(self._engine) as s:
-            if batch:
-                ledger.write_debits(s, batch)
-                s.commit()
+            ledger.write_debits(s, batch)
+            s.commit()
+
+    def _reload(self) -> tuple[dict[str, Caller], dict[str, int]]:
+        with session(self._engine) as s:
             bots = s.exec(
                 select(Bot.llm_token_hash, Bot.id, Bot.status).where(
                     col(Bot.llm_token_hash).is_not(None)
                 )
             ).all()
             stored = dict(s.exec(select(LlmAccount.bot_id, LlmAccount.balance_micro)).all())
-            s.rollback()  # read-only from here: end the transaction
+            s.rollback()  # read-only: end the transaction
         callers = {h: Caller(bot_id, BotStatus(st)) for h, bot_id, st in bots if h}
         return callers, {k: int(v) for k, v in stored.items()}
