@@ -316,6 +316,8 @@ def _move(s: Session, bot: Bot, frm: BotStatus, to: BotStatus, reason: str) -> b
 
 _HANDLERS: dict[str, Handler] = {
     "checkout.session.completed": _checkout_completed,
+    # a payment method that settles later (a bank debit): "completed" came unpaid
+    "checkout.session.async_payment_succeeded": _checkout_completed,
     "invoice.paid": _invoice_paid,
     "invoice.payment_failed": _payment_failed,
     "customer.subscription.deleted": _subscription_deleted,

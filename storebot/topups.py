@@ -95,6 +95,9 @@ def apply_paid_topup(s: Session, obj: dict[str, Any]) -> tuple[list[Effect], str
         return [Effect("ops_alert", detail={**alert, "why": why})], f"rejected: {why}"
     if obj.get("payment_status") != "paid":
         return [], f"ignored: payment_status {obj.get('payment_status')}"
+    if bot.status not in FUNDABLE:  # destroyed between the checkout and the payment
+        why = f"a top-up paid for bot {bot.id}, which is {bot.status}: refund it"
+        return [Effect("ops_alert", bot_id=bot.id, detail={**alert, "why": why})], why
     cents = obj.get("amount_total")
     if obj.get("currency") != "usd" or not isinstance(cents, int) or cents <= 0:
         why = f"a top-up of {cents} {obj.get('currency')}: not a USD amount"

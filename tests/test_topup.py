@@ -4,17 +4,20 @@ buttons, and the balance report."""
 
 from __future__ import annotations
 
+import copy
+
 from sqlmodel import select
 
 from storebot import ledger
 from storebot.chat import keyboards as kb
 from storebot.db import make_engine, session
 from storebot.ledger import Debit
-from storebot.models import LedgerEntry, utcnow
+from storebot.models import BotStatus, LedgerEntry, utcnow
 from tests.chat_helpers import SHOP_HOOK, Shop, buttons
-from tests.rows import add_bot
+from tests.rows import add_bot, set_status
 
 ALICE, BOB = 5550601, 5550602
+OPS = -100777  # the shop fixture's ops chat
 
 
 def session_id(pay_message: dict) -> str:  # type: ignore[type-arg]
@@ -232,3 +235,50 @@ async def test_an_owner_who_blocked_the_bot_does_not_stop_the_other_alerts(shop:
     assert delivered is not None and refused is not None
     await shop.chat(delivered).says("of LLM credit left, 20% or less")
     assert shop.telegram.sent(shop.token, refused) == []
+
+
+async def test_a_payment_that_settles_later_is_credited_when_it_does(shop: Shop) -> None:
+    """A bank debit: checkout.session.completed comes unpaid (nothing credited), then
+    checkout.session.async_payment_succeeded credits it, once."""
+    engine = make_engine(shop.settings.DATABASE_URL)
+    bot = add_bot(engine, "tup00012", ALICE)
+    alice = shop.chat(ALICE)
+    alice.send("/topup")
+    menu = await alice.says("LLM credit for bot tup00012")
+    alice.press(menu, kb.TopupAmount(bot_id=bot, cents=1000))
+    sid = session_id(await alice.says("$10.00 of LLM credit for bot tup00012"))
+    paid = shop.stripe.complete_checkout(sid)
+    pending = copy.deepcopy(paid)
+    pending["id"] = "evt_pending_" + sid[-8:]
+    pending["data"]["object"]["payment_status"] = "unpaid"
+    assert (await shop.stripe.adeliver(pending, shop.webhook, SHOP_HOOK))[0] == 200
+    with session(engine) as s:
+        assert ledger.balance(s, bot) == 0
+    settled = copy.deepcopy(paid) | {"type": "checkout.session.async_payment_succeeded"}
+    for _ in range(2):
+        assert (await shop.stripe.adeliver(settled, shop.webhook, SHOP_HOOK))[0] == 200
+    await alice.says("$10.00 of LLM credit added to bot tup00012. Balance: $10.00")
+    with session(engine) as s:
+        assert ledger.balance(s, bot) == 10_000_000
+    engine.dispose()
+
+
+async def test_a_top_up_paid_for_a_destroyed_bot_goes_to_ops_for_a_refund(
+    shop: Shop,
+) -> None:
+    engine = make_engine(shop.settings.DATABASE_URL)
+    bot = add_bot(engine, "tup00013", ALICE)
+    alice = shop.chat(ALICE)
+    alice.send("/topup")
+    menu = await alice.says("LLM credit for bot tup00013")
+    alice.press(menu, kb.TopupAmount(bot_id=bot, cents=500))
+    sid = session_id(await alice.says("$5.00 of LLM credit for bot tup00013"))
+    set_status(engine, bot, BotStatus.destroyed)  # destroyed while the page was open
+    event = shop.stripe.complete_checkout(sid)
+    assert (await shop.stripe.adeliver(event, shop.webhook, SHOP_HOOK))[0] == 200
+    alert = await shop.telegram.await_message(shop.token, OPS, "Payment alert")
+    assert "tup00013, which is destroyed: refund it" in alert["text"]
+    with session(engine) as s:
+        assert ledger.balance(s, bot) == 0
+        assert s.exec(select(LedgerEntry).where(LedgerEntry.bot_id == bot)).all() == []
+    engine.dispose()
