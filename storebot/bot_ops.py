@@ -9,6 +9,7 @@ and a suspended bot's container is stopped by the reconciler if not by suspend).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -222,8 +223,8 @@ async def destroy(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
             return Outcome(bot.id, bot.status, False, f"bot {bot.id} was already destroyed")
         if keep:
             bot.data_purge_after = utcnow() + timedelta(days=keep)
-        else:
-            bot_files.remove_bot_files(h.settings.DATA_ROOT, bot.id)
+        else:  # a workspace can be large: not on the event loop
+            await asyncio.to_thread(bot_files.remove_bot_files, h.settings.DATA_ROOT, bot.id)
         bot.destroyed_at = utcnow()
         bot.token_claim = None  # the Telegram token may be hosted again
         bot.token_encrypted = None

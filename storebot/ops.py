@@ -213,8 +213,8 @@ def owner_of(h: Hosting, bot_id: str) -> int | None:
 
 
 async def suspend(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> Done:
-    """The kill switch: container stopped (its route goes with it), status suspended,
-    which the meter reads within METER_SYNC_SECONDS and then refuses the bot's calls."""
+    """The kill switch: status suspended, the meter told (it refuses the bot's calls),
+    container stopped (its route goes with it); see bot_ops.suspend."""
     reason = reason.strip() or NO_REASON
     out = await bot_ops.suspend(h, bot_id, actor=actor, reason=reason)
     return Done(out, owner_of(h, out.id) if out.changed else None, reason)

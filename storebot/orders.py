@@ -288,6 +288,8 @@ def _subscription_deleted(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcom
     bot, owner = _by_subscription(s, obj.get("id"), obj.get("metadata"))
     if bot is None or owner is None:
         return [], "ignored: no bot for this subscription"
+    if bot.status is BotStatus.destroyed:  # ended by the destroy itself: nothing to say
+        return [], "ignored: the bot is destroyed"
     effect = Effect("subscription_ended", owner.telegram_id, bot.id, {"paid_until": bot.paid_until})
     return [effect], "applied"
 

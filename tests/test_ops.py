@@ -413,6 +413,8 @@ async def test_suspend_tells_the_owner_and_records_who_and_why(
     await ops_chat.says("Bot opsk0003 suspended.")
     [event] = ops_chat.events("opsk0003")
     assert event.reason == ops.NO_REASON
+    plain = await ops_chat.tg.await_message(ops_chat.token, OWNER, "opsk0003 has been suspended")
+    assert "by our team.\n" in plain["text"] and ops.NO_REASON not in plain["text"]
 
 
 async def test_destroy_asks_first_and_only_an_admin_confirms(

@@ -241,6 +241,11 @@ async def test_admin_destroy_also_ends_the_hosting_subscription(shop: Shop, tmp_
     gone = await asyncio.to_thread(cli_json, env, "admin", "destroy", bot_id, "--yes")
     assert (gone["status"], gone["billing"]) == ("destroyed", "its subscription is cancelled")
     assert shop.stripe.subscriptions[sub]["status"] == "canceled"
+    # Stripe then says the subscription ended: nothing to tell about a destroyed bot
+    [ended] = shop.stripe.events_of("customer.subscription.deleted")
+    told_before = len(shop.effects)
+    assert (await shop.stripe.adeliver(ended, shop.url, WEBHOOK_SECRET))[0] == 200
+    assert shop.effects[told_before:] == []
     no_keys = {k: v for k, v in env.items() if not k.startswith("STRIPE_")}
     other, _ = await shop.order(BOB)
     told = await asyncio.to_thread(cli_json, no_keys, "admin", "destroy", other, "--yes")

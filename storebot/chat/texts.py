@@ -308,8 +308,9 @@ def ops_confirm_destroy(bot: Bot) -> str:
 
 
 def owner_suspended(bot_id: str, reason: str, support: str) -> str:
+    why = f": {reason}" if reason and reason != ops.NO_REASON else ""
     return (
-        f"Your assistant {bot_id} has been suspended by our team: {reason}.\n"
+        f"Your assistant {bot_id} has been suspended by our team{why}.\n"
         "It is stopped and cannot use the LLM until this is resolved.\n"
         f"To know more or to ask us to restore it, write to {support}."
     )
