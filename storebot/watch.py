@@ -162,14 +162,34 @@ class Watch:
         results = await asyncio.gather(*(check(b) for b in due))
         return {bot_id: ok for bot_id, ok in results if ok is not None}
 
+    async def _rejected_now(self, bot: Watched) -> bool:
+        """getMe with the bot's token now: True only when Telegram rejects it."""
+        if not bot.token_encrypted:
+            return False
+        try:
+            await self.h.telegram.get_me(self.h.tokens.open(bot.token_encrypted))
+        except TokenRejected:
+            return True
+        except StorebotError:  # Telegram not answering: no verdict
+            return False
+        finally:
+            self.token_checked[bot.id] = utcnow()
+        return False
+
     async def _act(self, bot: Watched, findings: list[Finding]) -> list[Effect]:
         evidence = [f"{f.rule}: {f.evidence}" for f in findings]
         revoked = any(f.rule is Rule.token for f in findings)
+        if not revoked and await self._rejected_now(bot):
+            # a revoked token makes nullclawd spin at full CPU (NULLCLAW.md), and the
+            # periodic getMe may be half an hour away: ask Telegram before calling it abuse
+            revoked = True
+            evidence.append("token: Telegram rejects the bot's token (getMe, asked now)")
+        # the owner may lift it with a new token only when the token explains it all
+        self_service = revoked and all(f.rule in (Rule.token, Rule.cpu) for f in findings)
         suspended = False
-        if self.h.settings.ANOMALY_AUTO_SUSPEND or revoked:
-            reason = (bot_ops.TOKEN_REVOKED + ": " if revoked else "auto-suspended: ") + (
-                "; ".join(evidence)
-            )
+        if self.h.settings.ANOMALY_AUTO_SUSPEND or self_service:
+            prefix = bot_ops.TOKEN_REVOKED + ": " if self_service else "auto-suspended: "
+            reason = prefix + "; ".join(evidence)
             try:
                 out = await bot_ops.suspend(self.h, bot.id, actor="watch", reason=reason[:2000])
                 suspended = out.changed
@@ -181,6 +201,6 @@ class Watch:
         detail = {"evidence": evidence, "suspended": suspended, "username": bot.username}
         effects = [Effect("anomaly", bot.owner, bot.id, detail)]
         if suspended:
-            kind = "token_revoked" if revoked else "suspended_for_abuse"
+            kind = "token_revoked" if self_service else "suspended_for_abuse"
             effects.append(Effect(kind, bot.owner, bot.id, detail))
         return effects

@@ -135,6 +135,23 @@ async def test_a_cpu_burning_bot_is_suspended_and_a_quiet_one_is_not(bench: Benc
         assert event.actor == "watch"
 
 
+async def test_a_cpu_spin_from_a_revoked_token_asks_for_the_new_token(bench: Bench) -> None:
+    """A revoked token makes nullclawd spin at full CPU, long before the next periodic
+    getMe (an hour here): the CPU rule fires first, and the watch asks Telegram then,
+    so the owner is asked for the new token instead of being told of abuse."""
+    spinner, token = await bench.bot()
+    watch = Watch(bench.h)
+    await watch.run()  # every token checked once: the next check is an hour away
+    bench.telegram.revoke(token)
+    bench.exec(spinner, "while :; do :; done")  # what nullclawd then does
+    effects = await watch_until(watch, spinner.id)
+    assert [e.kind for e in effects] == ["anomaly", "token_revoked"]
+    lines = evidence(effects)
+    assert lines[0].startswith("cpu: ") and lines[-1].startswith("token: Telegram rejects")
+    status, reason = bench.status(spinner.id)
+    assert status is BotStatus.suspended and reason.startswith(TOKEN_REVOKED)
+
+
 async def test_a_memory_hog_is_suspended_with_memory_or_oom_evidence(bench: Bench) -> None:
     hog, _ = await bench.bot()
     watch = Watch(bench.h)
