@@ -122,15 +122,18 @@ def post(
     return balance(s, bot_id)
 
 
-def credit_topup(s: Session, bot_id: str, micro: int, *, ref: str, actor: str) -> int | None:
-    """Credit a paid top-up once per `ref` (the Checkout Session) and re-arm the balance
-    alerts, in the caller's transaction; the new balance, or None if this payment was
-    credited before. The unique `ref` stops a racing duplicate at commit."""
+def credit_topup(
+    s: Session, bot_id: str, micro: int, *, ref: str, actor: str, note: str = "top-up"
+) -> int | None:
+    """Credit a payment once per `ref` (a top-up's Checkout Session, a paid hosting
+    invoice's included credit) and re-arm the balance alerts, in the caller's
+    transaction; the new balance, or None if this payment was credited before. The
+    unique `ref` stops a racing duplicate at commit."""
     if micro <= 0:
         raise BadAmount("a top-up must be positive")
     if s.exec(select(LedgerEntry.id).where(LedgerEntry.ref == ref)).first() is not None:
         return None
-    new = post(s, bot_id, micro, LedgerKind.credit, actor=actor, ref=ref, note="top-up")
+    new = post(s, bot_id, micro, LedgerKind.credit, actor=actor, ref=ref, note=note)
     _rearm(s, bot_id, new)
     return new
 

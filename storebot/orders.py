@@ -19,13 +19,13 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from storebot import topups
+from storebot import ledger, topups
 from storebot.bot_ops import awaiting_new_token
 from storebot.customers import bots_in, customer_for
 from storebot.effects import Effect
 from storebot.hosting import Hosting
 from storebot.models import Bot, BotEvent, BotStatus, Customer, StripeEvent, utcnow
-from storebot.plans import get_plan
+from storebot.plans import get_plan, load_plans
 from storebot.stripe_gateway import StripeGateway
 from storebot.tokens import new_bot_id
 
@@ -272,7 +272,16 @@ def _invoice_paid(h: Hosting, s: Session, obj: dict[str, Any]) -> Outcome:
         until = datetime.fromtimestamp(end, UTC)
         bot.paid_until = max(bot.paid_until or until, until)
         s.add(bot)
-    effect = Effect("renewed", owner.telegram_id, bot.id, {"paid_until": bot.paid_until})
+    detail: dict[str, Any] = {"paid_until": bot.paid_until}
+    plan = load_plans(h.settings).get(bot.plan)
+    if plan is not None and plan.llm_credit_cents and obj.get("id"):
+        # the LLM credit the plan includes, once per paid month (the invoice)
+        micro = plan.llm_credit_cents * ledger.CENT
+        note = f"included with the {plan.title} plan"
+        ref = f"plan:{obj['id']}"
+        if ledger.credit_topup(s, bot.id, micro, ref=ref, actor="stripe", note=note):
+            detail["included_credit"] = micro
+    effect = Effect("renewed", owner.telegram_id, bot.id, detail)
     return [effect], "applied"
 
 

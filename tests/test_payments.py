@@ -18,10 +18,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from sqlmodel import select
 
+from storebot import ledger
 from storebot.app import build_hosting, build_payments
 from storebot.effects import Effect
 from storebot.hosting import Hosting
-from storebot.models import Bot, BotStatus, StripeEvent, utcnow
+from storebot.models import Bot, BotStatus, LedgerEntry, StripeEvent, utcnow
 from storebot.orders import end_hosting, start_hosting_order
 from storebot.stripe_gateway import StripeGateway
 from storebot.web import build_web_app
@@ -42,12 +43,12 @@ class Shop:
     url: str  # our webhook
     effects: list[Effect]
 
-    async def order(self, telegram_id: int) -> tuple[str, str]:
+    async def order(self, telegram_id: int, plan: str = "standard") -> tuple[str, str]:
         o = await start_hosting_order(
             self.h,
             self.gw,
             telegram_id=telegram_id,
-            plan_name="standard",
+            plan_name=plan,
             success_url="https://t.me/storebot_test",
             cancel_url="https://t.me/storebot_test",
             actor=f"telegram:{telegram_id}",
@@ -68,15 +69,30 @@ class Shop:
             return list(s.exec(select(StripeEvent)))
 
 
+# the default plan as it is without a PLANS_FILE, and one that includes LLM credit
+PLANS = """
+[[plan]]
+name = "standard"
+price_cents = 900
+
+[[plan]]
+name = "pro"
+price_cents = 1500
+llm_credit_cents = 300
+"""
+
+
 @pytest.fixture
-async def shop(migrated_db: str) -> AsyncIterator[Shop]:
+async def shop(migrated_db: str, tmp_path: Path) -> AsyncIterator[Shop]:
     effects: list[Effect] = []
 
     async def collect(new: list[Effect]) -> None:
         effects.extend(new)
 
+    (tmp_path / "plans.toml").write_text(PLANS)
     with FakeStripe(api_key=API_KEY) as fake:
         settings = make_settings(
+            PLANS_FILE=tmp_path / "plans.toml",
             DATABASE_URL=migrated_db,
             STRIPE_SECRET_KEY=API_KEY,
             STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
@@ -157,6 +173,29 @@ async def test_unknown_events_are_acknowledged_and_ignored(shop: Shop) -> None:
     }
     assert (await shop.stripe.adeliver(event, shop.url, WEBHOOK_SECRET))[0] == 200
     assert [(r.type, r.outcome) for r in shop.stripe_rows()] == [("customer.created", "ignored")]
+
+
+async def test_each_paid_month_adds_the_llm_credit_its_plan_includes(shop: Shop) -> None:
+    bot_id, session_id = await shop.order(ALICE, plan="pro")
+    shop.stripe.complete_checkout(session_id)
+    [first] = shop.stripe.events_of("invoice.paid")
+    for _ in range(2):  # Stripe retries: credited once per invoice
+        assert (await shop.stripe.adeliver(first, shop.url, WEBHOOK_SECRET))[0] == 200
+    [sub_id] = list(shop.stripe.subscriptions)
+    renewal = shop.stripe.renew(sub_id)
+    assert (await shop.stripe.adeliver(renewal, shop.url, WEBHOOK_SECRET))[0] == 200
+    with shop.h.session() as s:
+        assert ledger.balance(s, bot_id) == 2 * 3_000_000
+        notes = [e.note for e in s.exec(select(LedgerEntry).where(LedgerEntry.bot_id == bot_id))]
+    assert notes == ["included with the Pro plan"] * 2
+    renewed = [e for e in shop.effects if e.kind == "renewed"]
+    assert [e.detail.get("included_credit") for e in renewed] == [3_000_000, 3_000_000]
+    standard, standard_session = await shop.order(BOB)  # no credit included
+    shop.stripe.complete_checkout(standard_session)
+    paid = shop.stripe.events_of("invoice.paid")[-1]
+    assert (await shop.stripe.adeliver(paid, shop.url, WEBHOOK_SECRET))[0] == 200
+    with shop.h.session() as s:
+        assert ledger.balance(s, standard) == 0
 
 
 async def test_a_new_link_expires_the_previous_one(shop: Shop) -> None:

@@ -34,8 +34,10 @@ def menu() -> InlineKeyboardMarkup:
 def plans(options: list[Plan], currency: str) -> InlineKeyboardMarkup:
     kb = InlineKeyboardBuilder()
     for p in options:
+        credit = p.llm_credit_cents * CENT
+        included = f", {format_usd(credit)} LLM credit" if credit else ""
         kb.button(
-            text=f"{p.title}: {format_price(p.price_cents, currency)}/month",
+            text=f"{p.title}: {format_price(p.price_cents, currency)}/month{included}",
             callback_data=PlanChosen(name=p.name),
         )
     kb.adjust(1)

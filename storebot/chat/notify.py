@@ -12,6 +12,7 @@ from storebot.chat import keyboards as kb
 from storebot.chat import texts
 from storebot.chat.ops import card_keyboard
 from storebot.effects import Effect
+from storebot.ledger import format_usd
 from storebot.models import BotStatus
 from storebot.settings import Settings
 
@@ -27,7 +28,9 @@ def render(effect: Effect, settings: Settings) -> tuple[int | None, str]:
         case "ask_token":
             return effect.telegram_id, texts.ask_token(support)
         case "renewed":
-            return effect.telegram_id, f"Hosting of bot {effect.bot_id} renewed until {day}."
+            credit = effect.detail.get("included_credit")
+            extra = f" {format_usd(credit)} of LLM credit included was added." if credit else ""
+            return effect.telegram_id, f"Hosting of bot {effect.bot_id} renewed until {day}.{extra}"
         case "payment_failed":
             return effect.telegram_id, (
                 f"The renewal payment for bot {effect.bot_id} failed. Update your card in the "
