@@ -102,10 +102,27 @@ async def start_hosting_order(
 
 
 def paid_order_awaiting_token(h: Hosting, telegram_id: int) -> Bot | None:
-    """The customer's paid order that waits for a token (or whose deploy failed)."""
+    """The customer's paid order that waits for a token, or whose first deploy failed
+    (a bot that ran, then failed, is a bot to restart, not an order: its owner's next
+    text is not its new token, and /newbot may order another)."""
     with h.session() as s:
         found = bots_in(s, telegram_id, BotStatus.awaiting_token, BotStatus.failed)
-        return next((b for b in found if b.paid_until is not None), None)
+        return next(
+            (
+                b
+                for b in found
+                if b.paid_until is not None
+                and (b.status is BotStatus.awaiting_token or not _ever_ran(s, b.id))
+            ),
+            None,
+        )
+
+
+def _ever_ran(s: Session, bot_id: str) -> bool:
+    ran = select(BotEvent.id).where(
+        BotEvent.bot_id == bot_id, BotEvent.to_status == BotStatus.running
+    )
+    return s.exec(ran.limit(1)).first() is not None
 
 
 def bot_awaiting_new_token(h: Hosting, telegram_id: int) -> str | None:

@@ -22,13 +22,14 @@ from storebot import ledger
 from storebot.app import build_hosting, build_payments
 from storebot.effects import Effect
 from storebot.hosting import Hosting
-from storebot.models import Bot, BotStatus, LedgerEntry, StripeEvent, utcnow
-from storebot.orders import end_hosting, start_hosting_order
+from storebot.models import Bot, BotEvent, BotStatus, LedgerEntry, StripeEvent, utcnow
+from storebot.orders import end_hosting, paid_order_awaiting_token, start_hosting_order
 from storebot.stripe_gateway import StripeGateway
 from storebot.web import build_web_app
 from tests.cli_helpers import cli_json
 from tests.conftest import base_env, make_settings
 from tests.fakes.stripe import FakeStripe
+from tests.rows import add_bot
 
 API_KEY = "sk_test_storebot0123456789"
 WEBHOOK_SECRET = "whsec_storebot_test_secret"
@@ -196,6 +197,31 @@ async def test_each_paid_month_adds_the_llm_credit_its_plan_includes(shop: Shop)
     assert (await shop.stripe.adeliver(paid, shop.url, WEBHOOK_SECRET))[0] == 200
     with shop.h.session() as s:
         assert ledger.balance(s, standard) == 0
+
+
+async def test_a_bot_that_ran_then_failed_is_not_an_order_waiting_for_a_token(
+    shop: Shop,
+) -> None:
+    """Only a paid order whose first deploy failed takes the next token: a bot that ran
+    and later failed is one to restart (its owner's texts are not its new token)."""
+    for bot_id, owner, history in (
+        ("payf0001", ALICE, [BotStatus.deploying, BotStatus.running, BotStatus.failed]),
+        ("payf0002", BOB, [BotStatus.deploying, BotStatus.failed]),
+    ):
+        add_bot(shop.h.db, bot_id, owner, status=BotStatus.failed)
+        with shop.h.session() as s:
+            bot = s.get(Bot, bot_id)
+            assert bot is not None
+            bot.paid_until = utcnow() + timedelta(days=20)
+            s.add(bot)
+            before = BotStatus.awaiting_token
+            for to in history:
+                s.add(BotEvent(bot_id=bot_id, from_status=before, to_status=to, actor="t"))
+                before = to
+            s.commit()
+    assert paid_order_awaiting_token(shop.h, ALICE) is None
+    waiting = paid_order_awaiting_token(shop.h, BOB)
+    assert waiting is not None and waiting.id == "payf0002"
 
 
 async def test_a_new_link_expires_the_previous_one(shop: Shop) -> None:
