@@ -147,10 +147,17 @@ def test_docker_down_then_back(
     bot = cli_json(hosted_env, "admin", "deploy", "--token", token, "--owner", OWNER)
     assert bot["status"] == "running"
     # every other command says the same while Docker is away, and changes nothing
-    for action in ("suspend", "restart", "destroy", "logs"):
+    for action in ("restart", "destroy", "logs"):
         proc = cli(down, "admin", action, bot["id"], *(["--yes"] if action == "destroy" else []))
         assert proc.returncode == 1 and "Docker is not reachable" in proc.stderr, action
     assert [b["status"] for b in _bots(hosted_env)] == ["running"]
+    assert _containers(docker_client, bot["id"]) == ["running"]
+    # but the kill switch holds: suspended (the meter refuses it), the container to follow
+    proc = cli(down, "admin", "suspend", bot["id"])
+    assert proc.returncode == 0, proc.stderr
+    assert "its container is not stopped yet: Docker is not reachable" in proc.stdout
+    assert "The reconciler stops it when Docker answers again" in proc.stdout
+    assert [b["status"] for b in _bots(hosted_env)] == ["suspended"]
     assert _containers(docker_client, bot["id"]) == ["running"]
 
 
