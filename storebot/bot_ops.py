@@ -63,8 +63,8 @@ async def suspend(h: Hosting, bot_id: str, *, actor: str, reason: str = "") -> O
                 bot.status,
                 target is not None,
                 f"{done} and its LLM access is off, but its container is not stopped yet: "
-                f"{exc}. The reconciler stops it when Docker answers again (or suspend it "
-                "again then).",
+                f"{str(exc).rstrip('.')}. The reconciler stops it when Docker answers "
+                "again (or suspend it again then).",
             )
         return Outcome(bot.id, bot.status, target is not None, done)
 
