@@ -195,9 +195,11 @@ class Watch:
                 suspended = out.changed
             except StorebotError as exc:
                 log.warning("could not suspend bot %s: %s", bot.id, exc)
-            self.history.forget(bot.id)
-            self.sampler.oom.forget(bot.id)
             self.token_checked.pop(bot.id, None)
+        # acted on (or, watch only, reported) once: the next time needs a fresh window of
+        # samples, not the same one seen again every sweep
+        self.history.forget(bot.id)
+        self.sampler.oom.forget(bot.id)
         detail = {"evidence": evidence, "suspended": suspended, "username": bot.username}
         effects = [Effect("anomaly", bot.owner, bot.id, detail)]
         if suspended:

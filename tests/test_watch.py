@@ -152,6 +152,32 @@ async def test_a_cpu_spin_from_a_revoked_token_asks_for_the_new_token(bench: Ben
     assert status is BotStatus.suspended and reason.startswith(TOKEN_REVOKED)
 
 
+async def test_watch_only_reports_a_finding_once_per_window(
+    services: Services,
+    telegram: FakeTelegram,
+    migrated_db: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    """ANOMALY_AUTO_SUSPEND=false: the ops chat hears of a burner once, not at every
+    sweep while the same window of samples is still in memory."""
+    env = services.env(telegram, migrated_db, **(WATCH | {"ANOMALY_AUTO_SUSPEND": "false"}))
+    h = build_hosting(Settings(_env_file=None, **env))  # type: ignore[arg-type]
+    bench = Bench(h, services, telegram, docker_client)
+    burner, _ = await bench.bot()
+    try:
+        watch = Watch(h)
+        bench.exec(burner, "while :; do :; done")
+        [ops] = await watch_until(watch, burner.id)
+        assert ops.kind == "anomaly" and ops.detail["suspended"] is False
+        assert bench.status(burner.id)[0] is BotStatus.running
+        for _ in range(3):  # within the 3 s window: no second report of the same
+            await asyncio.sleep(0.5)
+            assert [e for e in await watch.run() if e.bot_id == burner.id] == []
+    finally:
+        docker_client.containers.get(burner.container).stop(timeout=1)
+        await h.aclose()
+
+
 async def test_a_memory_hog_is_suspended_with_memory_or_oom_evidence(bench: Bench) -> None:
     hog, _ = await bench.bot()
     watch = Watch(bench.h)
