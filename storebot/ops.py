@@ -89,19 +89,7 @@ def bots_page(
         total = int(s.exec(select(func.count()).select_from(Bot).where(where)).one())
         pages = max(1, math.ceil(total / size))
         page = min(max(page, 0), pages - 1)
-        rows = s.exec(
-            select(Bot, Customer.telegram_id, LlmAccount.balance_micro)
-            .join(Customer, col(Customer.id) == col(Bot.customer_id), isouter=True)
-            .join(LlmAccount, col(LlmAccount.bot_id) == col(Bot.id), isouter=True)
-            .where(where)
-            .order_by(col(Bot.created_at), col(Bot.id))
-            .offset(page * size)
-            .limit(size)
-        ).all()
-        lines = [
-            BotLine(b.id, str(b.status), b.telegram_username, owner, int(balance or 0))
-            for b, owner, balance in rows
-        ]
+        lines = _bot_lines(s, where, offset=page * size, limit=size)
     return Page(lines, page, pages, total, status)
 
 
@@ -111,30 +99,37 @@ FIND_LIMIT = 10
 def find_bots(h: Hosting, text: str, *, limit: int | None = FIND_LIMIT) -> list[BotLine]:
     """Bots, destroyed ones too, whose id starts with `text`, whose @username contains
     it (any case; a leading @ is ignored) or whose owner's Telegram id it is; oldest
-    first, at most `limit`."""
+    first, at most `limit`. LIKE's wildcards in `text` are plain characters."""
     q = text.strip().removeprefix("@").lower()
     if not q:
         raise StorebotError("say what to look for: part of an @username, an id, an owner")
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     matches = [
-        col(Bot.id).startswith(escaped, escape="\\"),
-        func.lower(col(Bot.telegram_username)).contains(escaped, escape="\\"),
+        col(Bot.id).startswith(q, autoescape=True),
+        func.lower(col(Bot.telegram_username)).contains(q, autoescape=True),
     ]
     if q.isdigit() and len(q) < 19:  # a Telegram id fits in 64 bits
         matches.append(col(Customer.telegram_id) == int(q))
-    stmt = (
+    with h.session() as s:
+        return _bot_lines(s, or_(*matches), limit=limit)
+
+
+def _bot_lines(
+    s: Session, where: Any, *, offset: int = 0, limit: int | None = None
+) -> list[BotLine]:
+    """Bots matching `where` (which may name the owner), oldest first, as list lines."""
+    rows = s.exec(
         select(Bot, Customer.telegram_id, LlmAccount.balance_micro)
         .join(Customer, col(Customer.id) == col(Bot.customer_id), isouter=True)
         .join(LlmAccount, col(LlmAccount.bot_id) == col(Bot.id), isouter=True)
-        .where(or_(*matches))
+        .where(where)
         .order_by(col(Bot.created_at), col(Bot.id))
+        .offset(offset)
         .limit(limit)
     )
-    with h.session() as s:
-        return [
-            BotLine(b.id, str(b.status), b.telegram_username, owner, int(balance or 0))
-            for b, owner, balance in s.exec(stmt)
-        ]
+    return [
+        BotLine(b.id, str(b.status), b.telegram_username, owner, int(balance or 0))
+        for b, owner, balance in rows
+    ]
 
 
 # One bot -----------------------------------------------------------------------------

@@ -149,37 +149,30 @@ class Watch:
 
         async def check(b: Watched) -> tuple[str, bool | None]:
             async with gate:
-                try:
-                    await self.h.telegram.get_me(self.h.tokens.open(b.token_encrypted or ""))
-                except TokenRejected:
-                    return b.id, False
-                except StorebotError:
-                    return b.id, None
-                finally:
-                    self.token_checked[b.id] = utcnow()
-                return b.id, True
+                return b.id, await self._token_ok(b)
 
         results = await asyncio.gather(*(check(b) for b in due))
         return {bot_id: ok for bot_id, ok in results if ok is not None}
 
-    async def _rejected_now(self, bot: Watched) -> bool:
-        """getMe with the bot's token now: True only when Telegram rejects it."""
+    async def _token_ok(self, bot: Watched) -> bool | None:
+        """getMe with the bot's token: False when Telegram rejects it, None when it
+        does not answer (no verdict)."""
         if not bot.token_encrypted:
-            return False
+            return None
         try:
             await self.h.telegram.get_me(self.h.tokens.open(bot.token_encrypted))
         except TokenRejected:
-            return True
-        except StorebotError:  # Telegram not answering: no verdict
             return False
+        except StorebotError:
+            return None
         finally:
             self.token_checked[bot.id] = utcnow()
-        return False
+        return True
 
     async def _act(self, bot: Watched, findings: list[Finding]) -> list[Effect]:
         evidence = [f"{f.rule}: {f.evidence}" for f in findings]
         revoked = any(f.rule is Rule.token for f in findings)
-        if not revoked and await self._rejected_now(bot):
+        if not revoked and await self._token_ok(bot) is False:
             # a revoked token makes nullclawd spin at full CPU (NULLCLAW.md), and the
             # periodic getMe may be half an hour away: ask Telegram before calling it abuse
             revoked = True
