@@ -15,7 +15,7 @@ from storebot.runner import build_management, serve
 from storebot.settings import Settings
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import free_port
+from tests.harness import free_port, until_answers
 
 SHOP_KEY, SHOP_HOOK = "sk_test_chatonly0123456789", "whsec_chatonly"
 
@@ -42,12 +42,7 @@ async def storebot(settings: Settings) -> AsyncIterator[str]:
     task = asyncio.create_task(serve(m, stop))
     url = f"http://{settings.WEB_HOST}:{settings.WEB_PORT}"
     async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                if (await client.get(f"{url}/healthz")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                await asyncio.sleep(0.05)
+        await until_answers(client, f"{url}/healthz")
     try:
         yield f"{url}/stripe/webhook"
     finally:

@@ -18,6 +18,7 @@ instance label.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -34,13 +35,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
+import httpx
 from cryptography.fernet import Fernet
 
 from storebot import firewall
 from tests.fakes.telegram import FakeTelegram
+
+if TYPE_CHECKING:
+    from storebot.deploy import DeployResult
+    from storebot.settings import Settings
 
 SECRET_KEY = Fernet.generate_key().decode()
 STANDIN = "storebot-test/nullclaw:standin"
@@ -48,6 +54,31 @@ STANDIN = "storebot-test/nullclaw:standin"
 
 class ServiceMissing(RuntimeError):
     pass
+
+
+async def until_answers(http: httpx.AsyncClient, url: str, timeout: float = 20) -> None:
+    """Poll `url` until it answers 200: a service starting in this loop or in a process
+    (connection refused, or 503 while it starts, mean not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if (await http.get(url)).status_code == 200:
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} never answered 200 within {timeout:g}s")
+
+
+async def deployed(settings: Settings, token: str, owner: int) -> DeployResult:
+    """`token` deployed for `owner` as an admin would, by a Hosting of its own (closed
+    after), before the test starts the processes it is about."""
+    from storebot.app import build_hosting
+    from storebot.deploy import deploy
+
+    h = build_hosting(settings)
+    try:
+        return await deploy(h, token=token, owner_telegram_id=owner, actor="test")
+    finally:
+        await h.aclose()
 
 
 def free_port() -> int:

@@ -16,9 +16,8 @@ import docker
 import httpx
 from aiogram.filters.callback_data import CallbackData
 
-from storebot.app import build_hosting
 from storebot.bot_files import data_dir
-from storebot.deploy import DeployResult, deploy
+from storebot.deploy import DeployResult
 from storebot.meter import build_meter
 from storebot.meter import serve as serve_meter
 from storebot.settings import Settings
@@ -26,7 +25,7 @@ from tests.chat_helpers import SHOP_KEY, shop_env, storebot
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import Services, free_port
+from tests.harness import Services, deployed, free_port, until_answers
 
 OPS = -100777
 ADMIN, STRANGER, OWNER = 5550911, 5550912, 5550913
@@ -125,13 +124,7 @@ async def ops_stack(
             ADMIN_USER_IDS=str(ADMIN),
         )
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
-        h = build_hosting(settings)
-        try:
-            result = await deploy(
-                h, token=telegram.add_bot().token, owner_telegram_id=OWNER, actor="test"
-            )
-        finally:
-            await h.aclose()
+        result = await deployed(settings, telegram.add_bot().token, OWNER)
         config = data_dir(settings.DATA_ROOT, result.id) / ".nullclaw" / "config.json"
         llm_token = json.loads(config.read_text())["models"]["providers"]["meter"]["api_key"]
 
@@ -141,12 +134,7 @@ async def ops_stack(
         meter_url = f"http://{services.gateway}:{meter_port}"
         try:
             async with httpx.AsyncClient() as http, storebot(settings):
-                for _ in range(200):
-                    try:
-                        if (await http.get(f"{meter_url}/healthz")).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        await asyncio.sleep(0.02)
+                await until_answers(http, f"{meter_url}/healthz")
                 yield Stack(
                     settings,
                     telegram,

@@ -21,16 +21,15 @@ import httpx
 import pytest
 
 from storebot import ledger
-from storebot.app import build_hosting
 from storebot.chat import keyboards as kb
 from storebot.db import make_engine, session
-from storebot.deploy import DeployResult, deploy
+from storebot.deploy import DeployResult
 from storebot.settings import Settings
 from tests.chat_helpers import SHOP_HOOK, SHOP_KEY, Chat, buttons, shop_env, storebot
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.fakes.stripe import FakeStripe
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import Services, free_port
+from tests.harness import Services, deployed, free_port, until_answers
 
 pytestmark = [pytest.mark.docker, pytest.mark.traefik]
 ALICE = 5550701
@@ -52,12 +51,7 @@ async def meter_process(env: dict[str, str]) -> AsyncIterator[None]:
     url = f"http://127.0.0.1:{env['METER_PORT']}/healthz"
     try:
         async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(url)).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.05)
+            await until_answers(http, url)
         yield
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -139,13 +133,7 @@ async def test_llm_answers_until_the_balance_runs_out_and_resume_after_a_topup(
             **shop_env(shop.token, stripe),
         )
         settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
-        h = build_hosting(settings)
-        try:
-            result = await deploy(
-                h, token=telegram.add_bot().token, owner_telegram_id=ALICE, actor="test"
-            )
-        finally:
-            await h.aclose()
+        result = await deployed(settings, telegram.add_bot().token, ALICE)
         bot = Assistant(services, result, docker_client)
         alice = Chat(telegram, shop.token, ALICE)
 

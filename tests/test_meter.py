@@ -6,7 +6,6 @@ failures (never charged), the race for the last cents, metrics, and the real
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -33,7 +32,7 @@ from storebot.settings import Settings
 from tests.conftest import base_env
 from tests.fakes.openrouter import FakeOpenRouter
 from tests.fakes.telegram import FakeTelegram
-from tests.harness import free_port
+from tests.harness import free_port, until_answers
 from tests.rows import add_bot, set_status
 
 MODEL = "openai/gpt-4o-mini"  # OPENROUTER_MODEL in base_env
@@ -130,12 +129,7 @@ async def meter(migrated_db: str, telegram: FakeTelegram) -> AsyncIterator[Meter
         url = f"http://127.0.0.1:{settings.METER_PORT}"
         engine = make_engine(migrated_db)
         async with httpx.AsyncClient(timeout=10) as http:
-            for _ in range(200):
-                try:
-                    if (await http.get(f"{url}/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.02)
+            await until_answers(http, f"{url}/healthz")
             try:
                 yield MeterUnderTest(url, engine, upstream, settings, http)
             finally:
@@ -350,13 +344,7 @@ async def test_metrics_and_sync_are_not_served_to_the_bots(migrated_db: str) -> 
         try:
             as_bot = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
             async with httpx.AsyncClient(transport=as_bot) as bot, httpx.AsyncClient() as host:
-                for _ in range(200):
-                    try:
-                        from_host = await host.get(url)
-                        break
-                    except httpx.HTTPError:
-                        await asyncio.sleep(0.02)
-                assert from_host.status_code == 200
+                await until_answers(host, url)  # the host may read the metrics
                 assert (await bot.get(url)).status_code == 403
                 sync = url.removesuffix("/metrics") + "/sync"
                 assert (await bot.post(sync)).status_code == 403
@@ -379,11 +367,7 @@ async def test_a_sync_asked_for_counts_at_once(migrated_db: str) -> None:
         url = f"http://127.0.0.1:{settings.METER_PORT}"
         meter = MeterUnderTest(url, engine, upstream, settings, httpx.AsyncClient(timeout=10))
         try:
-            for _ in range(200):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await meter.http.get(f"{url}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.02)
+            await until_answers(meter.http, f"{url}/healthz")
             await meter.synced()  # the start's syncs are over: the next is 30 s away
             bot = meter.bot("mtr00020")
             assert (await meter.call(bot)).status_code == 401

@@ -10,7 +10,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -355,43 +355,43 @@ async def test_running_bot_with_no_config_is_marked_failed(h: Hosting) -> None:
     assert (bot.status, bot.status_reason) == (BotStatus.failed, NO_CONFIG)
 
 
+@pytest.fixture
+async def down(hosted_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Hosting]:
+    """A Hosting on the same database and Traefik whose Docker is out of reach."""
+    env = {**hosted_env, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    hosting = build_hosting(Settings(_env_file=None, **env))  # type: ignore[arg-type]
+    try:
+        yield hosting
+    finally:
+        await hosting.aclose()
+
+
 @pytest.mark.docker
 async def test_docker_unreachable_changes_nothing(
-    hosted_env: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    down: Hosting, caplog: pytest.LogCaptureFixture
 ) -> None:
-    env = {**hosted_env, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
-    down = build_hosting(Settings(_env_file=None, **env))  # type: ignore[arg-type]
-    try:
-        lost = add_bot(down.db, _new_id("lost"), status=BotStatus.running)  # no container
-        with caplog.at_level(logging.WARNING, logger="storebot.reconciler"):
-            assert await reconcile(down) == []
-        assert "reconcile skipped: Docker is not reachable" in caplog.text
-        assert _bot(down, lost).status is BotStatus.running
-        with down.session() as s:
-            assert repair_counts(s) == {}
-    finally:
-        await down.aclose()
+    lost = add_bot(down.db, _new_id("lost"), status=BotStatus.running)  # no container
+    with caplog.at_level(logging.WARNING, logger="storebot.reconciler"):
+        assert await reconcile(down) == []
+    assert "reconcile skipped: Docker is not reachable" in caplog.text
+    assert _bot(down, lost).status is BotStatus.running
+    with down.session() as s:
+        assert repair_counts(s) == {}
 
 
 @pytest.mark.docker
 @pytest.mark.traefik
 async def test_a_suspend_holds_with_docker_down_and_the_reconciler_stops_the_container(
     h: Hosting,
+    down: Hosting,
     telegram: FakeTelegram,
     docker_client: docker.DockerClient,
-    hosted_env: dict[str, str],
-    tmp_path: Path,
 ) -> None:
     """The kill switch from a process that cannot reach Docker: the bot is suspended
     (so the meter refuses it and nothing restarts it), the operator is told that its
     container still runs, and the next reconciler pass that reaches Docker stops it."""
     bot = await _deploy(h, telegram)
-    env = {**hosted_env, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
-    down = build_hosting(Settings(_env_file=None, **env))  # type: ignore[arg-type]
-    try:
-        out = await bot_ops.suspend(down, bot.id, actor="ops", reason="abuse")
-    finally:
-        await down.aclose()
+    out = await bot_ops.suspend(down, bot.id, actor="ops", reason="abuse")
     assert out.changed and out.status == "suspended"
     assert "LLM access is off, but its container is not stopped yet" in out.message
     assert "Docker" in out.message and "reconciler" in out.message and ".." not in out.message

@@ -13,7 +13,7 @@ from storebot.chat import keyboards as kb
 from storebot.db import make_engine, session
 from storebot.ledger import Debit
 from storebot.models import BotStatus, LedgerEntry, utcnow
-from tests.chat_helpers import SHOP_HOOK, Shop, buttons
+from tests.chat_helpers import SHOP_HOOK, Chat, Shop, buttons
 from tests.rows import add_bot, set_status
 
 ALICE, BOB = 5550601, 5550602
@@ -23,6 +23,14 @@ OPS = -100777  # the shop fixture's ops chat
 def session_id(pay_message: dict) -> str:  # type: ignore[type-arg]
     [button] = buttons(pay_message)
     return str(button["url"]).rsplit("/", 1)[-1]
+
+
+async def open_checkout(chat: Chat, bot: str, cents: int) -> str:
+    """/topup of a customer with one bot, a preset amount: the Checkout Session's id."""
+    chat.send("/topup")
+    menu = await chat.says(f"LLM credit for bot {bot}")
+    chat.press(menu, kb.TopupAmount(bot_id=bot, cents=cents))
+    return session_id(await chat.says(f"${cents / 100:.2f} of LLM credit for bot {bot}"))
 
 
 async def test_topup_with_a_preset_is_credited_once(shop: Shop) -> None:
@@ -243,10 +251,7 @@ async def test_a_payment_that_settles_later_is_credited_when_it_does(shop: Shop)
     engine = make_engine(shop.settings.DATABASE_URL)
     bot = add_bot(engine, "tup00012", ALICE)
     alice = shop.chat(ALICE)
-    alice.send("/topup")
-    menu = await alice.says("LLM credit for bot tup00012")
-    alice.press(menu, kb.TopupAmount(bot_id=bot, cents=1000))
-    sid = session_id(await alice.says("$10.00 of LLM credit for bot tup00012"))
+    sid = await open_checkout(alice, bot, 1000)
     paid = shop.stripe.complete_checkout(sid)
     pending = copy.deepcopy(paid)
     pending["id"] = "evt_pending_" + sid[-8:]
@@ -268,11 +273,7 @@ async def test_a_top_up_paid_for_a_destroyed_bot_goes_to_ops_for_a_refund(
 ) -> None:
     engine = make_engine(shop.settings.DATABASE_URL)
     bot = add_bot(engine, "tup00013", ALICE)
-    alice = shop.chat(ALICE)
-    alice.send("/topup")
-    menu = await alice.says("LLM credit for bot tup00013")
-    alice.press(menu, kb.TopupAmount(bot_id=bot, cents=500))
-    sid = session_id(await alice.says("$5.00 of LLM credit for bot tup00013"))
+    sid = await open_checkout(shop.chat(ALICE), bot, 500)
     set_status(engine, bot, BotStatus.destroyed)  # destroyed while the page was open
     event = shop.stripe.complete_checkout(sid)
     assert (await shop.stripe.adeliver(event, shop.webhook, SHOP_HOOK))[0] == 200

@@ -29,7 +29,7 @@ from storebot.settings import Settings
 from storebot.watch import Watch
 from tests.chat_helpers import Chat, buttons, shop_env, storebot
 from tests.fakes.telegram import FakeTelegram, make_token
-from tests.harness import Services
+from tests.harness import Services, deployed
 
 pytestmark = [pytest.mark.docker, pytest.mark.traefik]
 OWNER = 5550801
@@ -239,12 +239,8 @@ async def test_a_revoked_token_suspends_and_a_new_token_brings_the_bot_back(
         **shop_env(shop.token),
     )
     settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
-    h = build_hosting(settings)
     tg_bot = telegram.add_bot(username="alice_helper_bot")
-    try:
-        result = await deploy(h, token=tg_bot.token, owner_telegram_id=OWNER, actor="test")
-    finally:
-        await h.aclose()
+    result = await deployed(settings, tg_bot.token, OWNER)
     alice = Chat(telegram, shop.token, OWNER)
     async with storebot(settings):
         telegram.revoke(tg_bot.token)  # in @BotFather: /revoke
